@@ -1,0 +1,86 @@
+"""The train step on a tiny BERT: what is frozen stays bitwise, the regulariser's gradient, loss falls, determinism."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sgcl_jax.model import ModelSpec, regulariser
+from sgcl_jax.tokenization import tokenize
+from sgcl_jax.train_step import ObjectiveConfig, OptimConfig, create_train_state, jit_train_step, step_rng
+from tests.conftest import TINY
+
+SENTENCES = ["a man plays a guitar", "the cat sits on the mat", "dogs run fast in the park", "hello world",
+             "rain falls on the roof tonight", "I like green tea", "stocks fell sharply", "she reads a book"]
+SPEC = ModelSpec(TINY, head_dim=64)
+
+
+def _run(tiny, objective="sg_opt", steps=3, seed=0, lr=5e-4):
+    tx, step = jit_train_step(SPEC, ObjectiveConfig(objective), OptimConfig(lr=lr, warmup_ratio=0.0), steps)
+    state = create_train_state(SPEC, tiny.params, tx, seed)
+    batch = tokenize(tiny.tokenizer, SENTENCES, 32)
+    history = []
+    for _ in range(steps):
+        state, metrics = step(state, tiny.params, batch, step_rng(state))
+        history.append(jax.device_get(metrics))
+    return state, history
+
+
+def test_frozen_parts_unchanged_and_others_trained(tiny):
+    guide_before = jax.tree.map(np.array, tiny.params)
+    state, _ = _run(tiny, steps=4)
+    same = jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), guide_before, tiny.params)
+    assert all(jax.tree.leaves(same)), "the guide changed"
+    # BERT_T's embeddings are the guide's (frozen): they are not in the trainable tree nor the optimizer state.
+    assert set(state.params) == {"encoder", "head"}
+    n_opt = sum(x.size for x in jax.tree.leaves(state.opt_state))
+    n_trainable = sum(x.size for x in jax.tree.leaves(state.params))
+    assert n_opt < 3 * n_trainable, "optimizer state holds more than the trainable tree"
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params["encoder"], tiny.params["encoder"])
+    assert all(jax.tree.leaves(changed)), "some BERT_T encoder param did not move"
+
+
+def test_regulariser_gradient(tiny):
+    rng = np.random.default_rng(0)
+    trainable = {"encoder": jax.tree.map(lambda x: x + rng.standard_normal(x.shape).astype(np.float32) * 0.01,
+                                         tiny.params["encoder"])}
+    lam = 0.1
+    grads = jax.grad(lambda t: lam * regulariser(t, tiny.params))(trainable)
+    want = jax.tree.map(lambda t, f: 2 * lam * (t - f), trainable["encoder"], tiny.params["encoder"])
+    for g, w in zip(jax.tree.leaves(grads["encoder"]), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-8)
+    manual = sum(float(np.sum((t - f) ** 2)) for t, f in zip(jax.tree.leaves(trainable["encoder"]),
+                                                             jax.tree.leaves(tiny.params["encoder"]), strict=True))
+    np.testing.assert_allclose(float(regulariser(trainable, tiny.params)), manual, rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["sg_opt", "sg", "opt1", "opt2"])
+def test_loss_falls(tiny, objective):
+    _, history = _run(tiny, objective, steps=50, lr=1e-3)
+    first = np.mean([h["objective"] for h in history[:5]])
+    last = np.mean([h["objective"] for h in history[-5:]])
+    assert last < 0.5 * first, (objective, first, last)
+    assert all(np.isfinite(h["loss"]) for h in history)
+
+
+def test_same_seed_is_bitwise_deterministic(tiny):
+    a, _ = _run(tiny, steps=3, seed=7)
+    b, _ = _run(tiny, steps=3, seed=7)
+    c, _ = _run(tiny, steps=3, seed=8)
+    eq = jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a.params, b.params)
+    assert all(jax.tree.leaves(eq))
+    assert not np.array_equal(np.asarray(a.params["head"]["dense_0"]["kernel"]),
+                              np.asarray(c.params["head"]["dense_0"]["kernel"]))
+
+
+def test_bf16_compute_keeps_fp32_params(tiny):
+    from dataclasses import replace
+
+    spec = replace(SPEC, dtype="bfloat16")
+    tx, step = jit_train_step(spec, ObjectiveConfig(), OptimConfig(), 10)
+    state = create_train_state(spec, tiny.params, tx, 0)
+    state, m = step(state, tiny.params, tokenize(tiny.tokenizer, SENTENCES, 32), step_rng(state))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    assert np.isfinite(float(m["loss"]))
