@@ -1,0 +1,141 @@
+"""STS readers (real files in ../shared and hand-made fixtures in the other formats) and the download step."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import shutil
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+from sgcl_jax import sts
+
+COUNTS = {"STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STSB": 1379}
+
+
+@pytest.mark.parametrize("task", list(COUNTS))
+def test_shared_pair_counts(data_dir, task):
+    subsets = sts.read_task(task, data_dir)
+    assert sum(len(s) for s in subsets) == COUNTS[task]
+    for s in subsets:
+        assert len(s.sent1) == len(s.sent2) == len(s.gold)
+        assert 0 <= s.gold.min() and s.gold.max() <= 5
+
+
+def test_stsb_training_sentences(data_dir):
+    assert len(sts.stsb_sentences(data_dir)) == 17256
+
+
+def _write(path, text, encoding="utf-8"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+
+
+def make_sts16(root, subsets=sts.SUBSETS["STS16"]):
+    """STS16 in the official 2016 naming, with unscored pairs and extra columns."""
+    for k, sub in enumerate(subsets):
+        pairs = [f"sentence {k} {i} a\tsentence {k} {i} b\textra-col\tmore" for i in range(6)]
+        gold = ["", "4.0", "3", "", "1.5", "0"]
+        _write(root / "STS16-en-test" / f"STS2016.input.{sub}.txt", "\n".join(pairs) + "\n")
+        _write(root / "STS16-en-test" / f"STS2016.gs.{sub}.txt", "\n".join(gold) + "\n")
+
+
+def make_sick(root):
+    header = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
+    rows = [f"{i}\tA \"quoted\" man {i}\tA woman {i}\t{1 + i % 5}.0\tNEUTRAL" for i in range(7)]
+    _write(root / "SICK" / "SICK_test_annotated.txt", header + "\n".join(rows) + "\n")
+
+
+def test_sts16_fixture(tmp_path):
+    make_sts16(tmp_path)
+    subsets = sts.read_task("STS16", tmp_path)
+    assert [s.name for s in subsets] == list(sts.SUBSETS["STS16"])
+    assert all(len(s) == 4 for s in subsets)
+    assert subsets[0].sent1[0] == "sentence 0 1 a" and subsets[0].sent2[0] == "sentence 0 1 b"
+    np.testing.assert_array_equal(subsets[0].gold, [4.0, 3.0, 1.5, 0.0])
+
+
+def test_sick_fixture(tmp_path):
+    make_sick(tmp_path)
+    (sub,) = sts.read_task("SICKR", tmp_path)
+    assert len(sub) == 7 and sub.sent1[2] == 'A "quoted" man 2' and sub.gold[2] == 3.0
+
+
+def test_stsb_original_csv_layout(tmp_path):
+    rows = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{i % 5}.0\tA plane {i}.\tAn \"air\" plane {i}.\textra"
+            for i in range(5)]
+    _write(tmp_path / "STSBenchmark" / "sts-test.csv", "\n".join(rows) + "\n")
+    (sub,) = sts.read_task("STSB", tmp_path)
+    assert len(sub) == 5 and sub.sent2[1] == 'An "air" plane 1.' and sub.gold[3] == 3.0
+
+
+def test_malformed_files_name_file_and_line(tmp_path):
+    make_sts16(tmp_path)
+    gs = tmp_path / "STS16-en-test" / "STS2016.gs.headlines.txt"
+    _write(gs, "\n4.0\nabc\n\n1\n0\n")
+    with pytest.raises(ValueError, match=r"STS2016\.gs\.headlines\.txt:3: expected a score, got 'abc'"):
+        sts.read_task("STS16", tmp_path)
+    _write(gs, "1\n")
+    with pytest.raises(ValueError, match="6 lines but .*has 1"):
+        sts.read_task("STS16", tmp_path)
+    make_sts16(tmp_path)
+    inp = tmp_path / "STS16-en-test" / "STS2016.input.plagiarism.txt"
+    _write(inp, "a\tb\nonly one column\na\tb\na\tb\na\tb\na\tb\n")
+    with pytest.raises(ValueError, match=r"STS2016\.input\.plagiarism\.txt:2: expected two tab-separated"):
+        sts.read_task("STS16", tmp_path)
+    _write(inp, b"a\tb\na\tb\n\xff\xfe\tb\na\tb\na\tb\na\tb\n")
+    with pytest.raises(ValueError, match=r"plagiarism\.txt:3: not UTF-8"):
+        sts.read_task("STS16", tmp_path)
+    make_sick(tmp_path)
+    _write(tmp_path / "SICK" / "SICK_test_annotated.txt", "pair_ID\twrong\n")
+    with pytest.raises(ValueError, match=r"SICK_test_annotated\.txt:1: expected header"):
+        sts.read_task("SICKR", tmp_path)
+
+
+def test_missing_task_is_reported(tmp_path):
+    with pytest.raises(sts.MissingData):
+        sts.read_task("STS16", tmp_path)
+
+
+@pytest.fixture()
+def mirror(tmp_path, data_dir):
+    """A local HTTP server on 127.0.0.1 serving release-shaped files built from ../shared/data/sts."""
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "STS2012-en-test.zip", "w") as z:
+        for f in (data_dir / "STS12-en-test").iterdir():
+            z.write(f, f"test-gold/{f.name}")  # the release nests its files in a folder
+    shutil.copy(data_dir / "STSBenchmark" / "stsbenchmark.tsv.gz", served / "stsbenchmark.tsv.gz")
+    _write(served / "STS2013-en-test.zip", b"not a zip")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", served
+    server.shutdown()
+
+
+def test_download_from_local_mirror(mirror, tmp_path, monkeypatch):
+    url, served = mirror
+    monkeypatch.setenv("SGCL_STS_MIRROR", url)
+    target = tmp_path / "cache"
+    sts.download("STS12", target)
+    sts.download("STSB", target)
+    assert sum(len(s) for s in sts.read_task("STS12", target)) == 3108
+    assert len(sts.read_task("STSB", target)[0]) == 1379
+    # A broken archive and a truncated file fail loudly and leave nothing behind.
+    with pytest.raises(Exception, match="zip"):
+        sts.download("STS13", target)
+    (served / "stsbenchmark.tsv.gz").write_bytes(gzip.compress(b"split\tgenre\n"))
+    with pytest.raises(ValueError, match="expected header"):
+        sts.download("STSB", target)
+    assert sorted(p.name for p in target.iterdir()) == ["STS12-en-test", "STSBenchmark"]
+    assert len(sts.read_task("STSB", target)[0]) == 1379  # the earlier good copy is intact
+    # Nothing listens there: a clear network error, not a hang.
+    monkeypatch.setenv("SGCL_STS_MIRROR", "http://127.0.0.1:9/")
+    with pytest.raises(OSError):
+        sts.download("STS15", target)
