@@ -11,6 +11,8 @@ import json
 import os
 import sys
 import time
+import urllib.error
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,27 +71,22 @@ def load_tasks(tasks: Sequence[str], data_dir: str | os.PathLike | None,
     loaded, missing = {}, {}
     for task in tasks:
         try:
+            if download and not (sts.default_data_dir(data_dir) / sts.FOLDERS[task]).exists():
+                sts.download(task, data_dir)
             loaded[task] = sts.read_task(task, data_dir)
-        except sts.MissingData:
-            if download:
-                try:
-                    sts.download(task, data_dir)
-                    loaded[task] = sts.read_task(task, data_dir)
-                    continue
-                except OSError as d:
-                    e = d
+        except (sts.MissingData, urllib.error.URLError, TimeoutError, zipfile.BadZipFile) as e:
             missing[task] = str(e)
     return loaded, missing
 
 
-def evaluate(encoder: Encoder, tasks: Sequence[str] = sts.TASKS, data_dir: str | os.PathLike | None = None,
-             metric: str = "spearman", aggregation: str = "all", batch_size: int = 128,
-             download: bool = False) -> dict[str, Any]:
-    """Scores the encoder on the tasks: {"protocol", "tasks": {name: {"score", "n", "subsets"}}, "average", ...}."""
-    loaded, missing = load_tasks(tasks, data_dir, download)
-    t0 = time.perf_counter()
+def score_tasks(encoder: Encoder, loaded: dict[str, list[sts.Subset]], metric: str = "spearman",
+                aggregation: str = "all", batch_size: int = 128, progress: bool | None = None
+                ) -> dict[str, dict[str, Any]]:
+    """Encodes every distinct sentence once, then scores each task: {name: {"score", "n", "subsets"}}."""
     unique = sorted({s for subs in loaded.values() for sub in subs for s in (*sub.sent1, *sub.sent2)})
-    emb = encoder.encode(unique, batch_size=batch_size) if unique else np.zeros((0, 1), np.float32)
+    if not unique:
+        return {}
+    emb = encoder.encode(unique, batch_size=batch_size, progress=progress)
     index = {s: i for i, s in enumerate(unique)}
     results = {}
     for task, subs in loaded.items():
@@ -101,6 +98,16 @@ def evaluate(encoder: Encoder, tasks: Sequence[str] = sts.TASKS, data_dir: str |
             "subsets": {sub.name: {"score": correlation(p, sub.gold, metric), "n": len(sub)}
                         for sub, p in zip(subs, preds, strict=True)},
         }
+    return results
+
+
+def evaluate(encoder: Encoder, tasks: Sequence[str] = sts.TASKS, data_dir: str | os.PathLike | None = None,
+             metric: str = "spearman", aggregation: str = "all", batch_size: int = 128,
+             download: bool = False) -> dict[str, Any]:
+    """Scores the encoder on the tasks: {"protocol", "tasks": {name: {"score", "n", "subsets"}}, "average", ...}."""
+    loaded, missing = load_tasks(tasks, data_dir, download)
+    t0 = time.perf_counter()
+    results = score_tasks(encoder, loaded, metric, aggregation, batch_size)
     scores = [r["score"] for r in results.values()]
     return {"protocol": protocol(encoder, metric, aggregation), "tasks": results,
             "average": float(np.mean(scores)) if scores else None, "missing": missing,

@@ -122,17 +122,22 @@ def train_step(state: TrainState, guide_params: Params, batch: dict[str, jax.Arr
 def jit_train_step(spec: ModelSpec, objective: ObjectiveConfig, optim: OptimConfig, total_steps: int,
                    state_sharding: Any = None, guide_sharding: Any = None, batch_sharding: Any = None
                    ) -> tuple[optax.GradientTransformation, Callable[..., tuple[TrainState, dict]]]:
-    """(tx, jitted step(state, guide, batch, rng)); the state is donated, the guide never is.
+    """(tx, jitted step(state, guide, batch)): `train_step` with the step's key derived in-graph from the state.
 
-    With shardings given (see sharding.py) the step is one program over global arrays: the batch is split
-    on the mesh's data axis and the loss still sees every sentence of the global batch as a negative.
+    The state is donated, the guide never is. With shardings given (see sharding.py) the step is one program
+    over global arrays: the batch is split on the mesh's data axis and the loss still sees every sentence of
+    the global batch as a negative.
     """
     tx = make_optimizer(optim, total_steps)
-    fn = functools.partial(train_step, spec=spec, objective=objective, tx=tx,
-                               schedule=lr_schedule(optim, total_steps))
+    step = functools.partial(train_step, spec=spec, objective=objective, tx=tx,
+                             schedule=lr_schedule(optim, total_steps))
+
+    def fn(state: TrainState, guide: Params, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        return step(state, guide, batch, step_rng(state))
+
     kwargs = {}
     if state_sharding is not None:
         repl = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-        kwargs = {"in_shardings": (state_sharding, guide_sharding, batch_sharding, repl),
+        kwargs = {"in_shardings": (state_sharding, guide_sharding, batch_sharding),
                   "out_shardings": (state_sharding, repl)}
     return tx, jax.jit(fn, donate_argnums=(0,), **kwargs)

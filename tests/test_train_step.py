@@ -9,7 +9,7 @@ import pytest
 
 from sgcl_jax.model import ModelSpec, regulariser
 from sgcl_jax.tokenization import tokenize
-from sgcl_jax.train_step import ObjectiveConfig, OptimConfig, create_train_state, jit_train_step, step_rng
+from sgcl_jax.train_step import ObjectiveConfig, OptimConfig, create_train_state, jit_train_step
 from tests.conftest import TINY
 
 SENTENCES = ["a man plays a guitar", "the cat sits on the mat", "dogs run fast in the park", "hello world",
@@ -23,7 +23,7 @@ def _run(tiny, objective="sg_opt", steps=3, seed=0, lr=5e-4):
     batch = tokenize(tiny.tokenizer, SENTENCES, 32)
     history = []
     for _ in range(steps):
-        state, metrics = step(state, tiny.params, batch, step_rng(state))
+        state, metrics = step(state, tiny.params, batch)
         history.append(jax.device_get(metrics))
     return state, history
 
@@ -81,6 +81,6 @@ def test_bf16_compute_keeps_fp32_params(tiny):
     spec = replace(SPEC, dtype="bfloat16")
     tx, step = jit_train_step(spec, ObjectiveConfig(), OptimConfig(), 10)
     state = create_train_state(spec, tiny.params, tx, 0)
-    state, m = step(state, tiny.params, tokenize(tiny.tokenizer, SENTENCES, 32), step_rng(state))
+    state, m = step(state, tiny.params, tokenize(tiny.tokenizer, SENTENCES, 32))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     assert np.isfinite(float(m["loss"]))

@@ -1,0 +1,149 @@
+"""Training text (STS-B sentences, text files, TFDS), the deterministic shuffle, per-process split and batching.
+
+The batch of step t is a pure function of (seed, t): resuming at step t needs no iterator state beyond t.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgcl_jax import sts
+from sgcl_jax.tokenization import bucket_length, buckets_for, pad_batch, token_ids
+
+log = logging.getLogger(__name__)
+
+
+def read_text_file(path: str | Path) -> tuple[list[str], int]:
+    """One sentence per line (.gz allowed); blank lines dropped; lines that are not UTF-8 skipped and counted."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: training text file not found")
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except OSError as e:
+            raise ValueError(f"{path}: not a gzip file ({e})") from e
+    sentences, bad = [], 0
+    for i, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            bad += 1
+            if bad <= 5:
+                log.warning("%s:%d: not UTF-8, line skipped", path, i)
+            continue
+        if text:
+            sentences.append(text)
+    if bad:
+        log.warning("%s: skipped %d line(s) that are not UTF-8", path, bad)
+    if not sentences:
+        raise ValueError(f"{path}: no training sentences (the file is empty or blank)")
+    return sentences, bad
+
+
+def read_tfds(name: str, split: str, feature: str, data_dir: str | None = None, limit: int = 0) -> list[str]:
+    """This process's share of a TFDS split's text feature (tensorflow and tfds imported only here)."""
+    import jax
+    import tensorflow_datasets as tfds
+
+    process_split = tfds.split_for_jax_process(split) if jax.process_count() > 1 else split
+    ds = tfds.load(name, split=process_split, data_dir=data_dir or None)
+    out = []
+    for ex in tfds.as_numpy(ds):
+        if feature not in ex:
+            raise KeyError(f"TFDS {name}: no feature {feature!r} (has {sorted(ex)})")
+        text = ex[feature].decode("utf-8", errors="replace").strip()
+        if text:
+            out.append(text)
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def load_sentences(cfg: Any) -> tuple[list[str], bool]:
+    """The configured training sentences -> (sentences, whether every process holds the same list)."""
+    if cfg.source == "stsb":
+        sentences, shared = sts.stsb_sentences(cfg.data_dir or None), True
+    elif cfg.source == "text":
+        if not cfg.files:
+            raise ValueError("data.files: give at least one text file for data.source='text'")
+        sentences, shared = [], True
+        for f in cfg.files:
+            sentences += read_text_file(f)[0]
+    elif cfg.source == "tfds":
+        sentences, shared = read_tfds(cfg.tfds_name, cfg.tfds_split, cfg.tfds_feature, cfg.tfds_data_dir,
+                                      cfg.max_sentences), False
+    else:
+        raise ValueError(f"data.source {cfg.source!r}: choose from 'stsb', 'text', 'tfds'")
+    if cfg.max_sentences:
+        sentences = sentences[: cfg.max_sentences]
+    return sentences, shared
+
+
+def test_set_overlap(sentences: Sequence[str], data_dir: str | None = None) -> dict[str, int]:
+    """How many training sentences also appear in each evaluation test set that is present."""
+    train = set(sentences)
+    out = {}
+    for task in sts.TASKS:
+        try:
+            subsets = sts.read_task(task, data_dir)
+        except (sts.MissingData, ValueError):
+            continue
+        test = {s for sub in subsets for s in (*sub.sent1, *sub.sent2)}
+        if n := len(train & test):
+            out[task] = n
+    return out
+
+
+class Batches:
+    """Step -> this process's rows of the global batch, deterministic in (seed, step).
+
+    With a shared sentence list (STS-B, text files) every process draws the same global batch and keeps its
+    slice, so the padded length (the bucket of the global batch's longest row) agrees everywhere. With a
+    per-process list (TFDS) each process draws its own rows, and `sync_length` (e.g. a max over processes)
+    makes the lengths agree.
+    """
+
+    def __init__(self, sentences: Sequence[str], tokenizer: Any, global_batch: int, seed: int, max_length: int,
+                 buckets: Sequence[int], process_index: int = 0, process_count: int = 1, shared: bool = True,
+                 sync_length: Any = None):
+        if global_batch % process_count:
+            raise ValueError(f"batch size {global_batch} does not divide over {process_count} processes")
+        self.local = global_batch // process_count
+        self.draw = global_batch if shared else self.local
+        if len(sentences) < self.draw:
+            raise ValueError(f"{len(sentences)} training sentences are fewer than one batch of {self.draw}")
+        self.sentences = list(sentences)
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.max_length = max_length
+        self.buckets = buckets_for(max_length, buckets)
+        self.offset = process_index * self.local if shared else 0
+        self.sync_length = sync_length
+        self.steps_per_epoch = len(self.sentences) // self.draw
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, index of the step's first sentence in that epoch's permutation)."""
+        return step // self.steps_per_epoch, (step % self.steps_per_epoch) * self.draw
+
+    def drawn(self, step: int) -> list[str]:
+        """The sentences drawn for a step (a new permutation every epoch; an epoch's tail is dropped)."""
+        epoch, start = self.position(step)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.sentences))
+        return [self.sentences[i] for i in perm[start : start + self.draw]]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        """This process's token arrays for a step: (local rows, bucket length)."""
+        ids = token_ids(self.tokenizer, self.drawn(step), self.max_length)
+        length = bucket_length(max(len(x) for x in ids), self.buckets)
+        if self.sync_length is not None:
+            length = self.sync_length(length)
+        mine = ids[self.offset : self.offset + self.local]
+        return pad_batch(mine, (length,), self.tokenizer.pad_token_id or 0)
