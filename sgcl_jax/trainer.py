@@ -15,7 +15,7 @@ import numpy as np
 
 from sgcl_jax import data, evaluate, sharding, sts
 from sgcl_jax.bert import BertConfig
-from sgcl_jax.checkpointing import Checkpoints
+from sgcl_jax.checkpointing import Checkpoints, restore_params
 from sgcl_jax.encoder import Encoder
 from sgcl_jax.losses import OBJECTIVES
 from sgcl_jax.model import DTYPES, ModelSpec, trained_bert
@@ -210,9 +210,9 @@ def train_one(cfg: Config, workdir: Path, seed: int) -> dict[str, Any]:
 
     # -- final evaluation of the best-on-dev checkpoint on every available task
     results_file = workdir / "results.json"
-    from sgcl_jax.checkpointing import load_trained_bert
-
-    _, bert = load_trained_bert(workdir, "best")
+    # Restored laid out like the live params, so this works on every process of a multi-host run too.
+    best = restore_params(workdir, state.params, "best")[0] if meta["best_step"] is not None else state.params
+    bert = sharding.to_host(trained_bert(best, guide))
     enc = Encoder(pre.config, bert, pre.tokenizer, cfg.model.max_length, cfg.model.dtype, cfg.eval.pooling,
                   source=f"{workdir} (best)")
     results = evaluate.evaluate(enc, tuple(cfg.eval.final_tasks), cfg.data.data_dir or None,
