@@ -118,7 +118,9 @@ def load_trained_bert(workdir: str | Path, which: str = "best") -> tuple[Any, An
     config = json.loads(cfg_file.read_text())
     pre = load_guide(config["model"])
     spec = model_spec(config, pre.config)
-    like = jax.eval_shape(lambda: init_trainable(spec, pre.params, jax.random.key(0)))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        jax.eval_shape(lambda: init_trainable(spec, pre.params, jax.random.key(0))))
     params, meta = restore_params(workdir, like, which)
     if meta.get("guide_fingerprint") not in (None, pre.fingerprint()):
         raise ValueError(f"{workdir}: the checkpoint was trained from a different guide than config.model "
