@@ -1,0 +1,31 @@
+"""The benchmark harness runs on the tiny shape and reports sane numbers (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from sgcl_jax import bench
+from sgcl_jax.bert import BertConfig
+
+
+def test_flop_count_by_hand():
+    cfg = BertConfig(hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    # one layer, one token: projections 2*(4*16 + 2*32) = 256, attention 2*2*1*4 = 16 -> 272 per forward
+    # guide forward + trained forward/backward = 4 forwards; head on c + 2 views: 3 * 2*(4*2 + 2*2) = 72, x3
+    assert bench.step_flops(cfg, batch=1, length=1, views=2, head_dim=2) == 4 * 272 + 3 * 72
+
+
+def test_harness_runs_with_torch_baseline(tmp_path, data_dir, capsys):
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--model", "tiny", "--batch", "8", "--steps", "4", "--torch", "--head-dim", "64",
+                     "--data-dir", str(data_dir), "--json", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())
+    for impl in ("jax", "torch"):
+        x = row[impl]
+        assert x["sentences_per_s"] > 0 and x["tokens_per_s"] > x["sentences_per_s"] and np.isfinite(x["loss"])
+    assert row["jax"]["compile_seconds"] > 0 and row["speedup"] > 0
+    assert 16 <= row["mean_padded_length"] <= 128  # STS-B lengths, padded to the trainer's buckets
+    assert "speedup" in capsys.readouterr().out
