@@ -204,15 +204,15 @@ def bench_torch(cfg: BertConfig, batches: list[dict[str, np.ndarray]], dtype: st
 
 
 def run(model: str, dtype: str, batch: int, steps: int, lengths: str, with_torch: bool, remat: bool = False,
-        head_dim: int = 4096, max_length: int = 128, warmup: int = 3, data_dir: str | None = None
-        ) -> dict[str, Any]:
+        head_dim: int = 4096, max_length: int = 128, warmup: int = 3, data_dir: str | None = None,
+        tokenizer: str = "minilm") -> dict[str, Any]:
     """One benchmark row: JAX (and PyTorch) on the same batches."""
     cfg = SHAPES[model]
     buckets = buckets_for(max_length)
     if lengths == "stsb":
         from sgcl_jax.pretrained import load_tokenizer, resolve
 
-        lens = sample_lengths(load_tokenizer(resolve("minilm")), batch * steps, max_length, data_dir=data_dir)
+        lens = sample_lengths(load_tokenizer(resolve(tokenizer)), batch * steps, max_length, data_dir=data_dir)
     else:
         lens = np.full(batch * steps, int(lengths))
     batches = make_batches(lens, batch, buckets, cfg.vocab_size)
@@ -235,6 +235,31 @@ def run(model: str, dtype: str, batch: int, steps: int, lengths: str, with_torch
                         "tokens_per_s": tokens / t["seconds"], "tflops": flops / t["seconds"] / 1e12}
         row["speedup"] = row["jax"]["sentences_per_s"] / row["torch"]["sentences_per_s"]
     return row
+
+
+def bench_eval(model: str, dtype: str, data_dir: str | None, tokenizer: str = "minilm",
+               batch_size: int = 256) -> dict[str, Any]:
+    """Times encoding every distinct sentence of the available STS tasks ([CLS]), after a compiling pass."""
+    from sgcl_jax import evaluate, sts
+    from sgcl_jax.bert import BertEncoder
+    from sgcl_jax.encoder import embed_fn, run_sorted
+    from sgcl_jax.pretrained import load_tokenizer, resolve
+
+    cfg = SHAPES[model]
+    tok = load_tokenizer(resolve(tokenizer))
+    loaded, missing = evaluate.load_tasks(sts.TASKS, data_dir)
+    unique = sorted({s for subs in loaded.values() for sub in subs for s in (*sub.sent1, *sub.sent2)})
+    ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
+    params = jax.jit(lambda k: BertEncoder(cfg).init(k, ids, jax.numpy.ones_like(ids))["params"])(jax.random.key(0))
+    fn = embed_fn(cfg, dtype, "cls", "last")
+    t0 = time.perf_counter()
+    run_sorted(fn, params, tok, unique, batch_size)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_sorted(fn, params, tok, unique, batch_size)
+    return {"model": model, "dtype": dtype, "tasks": sorted(loaded), "missing": sorted(missing),
+            "sentences": len(unique), "first_pass_seconds": first, "seconds": time.perf_counter() - t0,
+            "device": getattr(jax.devices()[0], "device_kind", "cpu")}
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
@@ -269,15 +294,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--remat", action="store_true")
     ap.add_argument("--head-dim", type=int, default=4096)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--tokenizer", default="minilm", help="tokenizer folder for the STS-B lengths")
+    ap.add_argument("--eval", action="store_true", help="time encoding all STS tasks instead of the train step")
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
+    if args.eval:
+        rows = [bench_eval(m, d, args.data_dir, args.tokenizer) for m in args.model.split(",")
+                for d in args.dtype.split(",")]
+        for r in rows:
+            print(f"encode {r['sentences']} sentences of {','.join(r['tasks'])} with {r['model']} {r['dtype']} on "
+                  f"{r['device']}: {r['seconds']:.2f} s after compilation ({r['first_pass_seconds']:.2f} s first)")
+        if args.json:
+            from sgcl_jax.evaluate import write_json
+
+            write_json(rows, args.json)
+        return 0
     rows = []
     for model in args.model.split(","):
         for dtype in args.dtype.split(","):
             for batch in (int(b) for b in args.batch.split(",")):
                 try:
                     rows.append(run(model, dtype, batch, args.steps, args.lengths, args.torch, args.remat,
-                                    args.head_dim, data_dir=args.data_dir))
+                                    args.head_dim, data_dir=args.data_dir, tokenizer=args.tokenizer))
                 except Exception as e:  # an OOM at one size should not lose the other rows
                     rows.append({"model": model, "dtype": dtype, "batch": batch, "error": f"{type(e).__name__}: "
                                  f"{str(e)[:300]}"})
