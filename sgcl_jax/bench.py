@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"encode {r['sentences']} sentences of {','.join(r['tasks'])} with {r['model']} {r['dtype']} on "
                   f"{r['device']}: {r['seconds']:.2f} s after compilation ({r['first_pass_seconds']:.2f} s first)")
         if args.json:
-            from sgcl_jax.evaluate import write_json
+            from sgcl_jax.files import write_json
 
             write_json(rows, args.json)
         return 0
@@ -326,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_rows(ok))
     print(f"host max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     if args.json:
-        from sgcl_jax.evaluate import write_json
+        from sgcl_jax.files import write_json
 
         write_json([{**r, "config": dataclasses.asdict(SHAPES[r["model"]])} for r in rows], args.json)
     return 0 if ok else 1

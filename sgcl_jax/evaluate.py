@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from scipy import stats
 
 from sgcl_jax import sts
 from sgcl_jax.encoder import Encoder, all_layers_fn, load_encoder, run_sorted
+from sgcl_jax.files import write_json
 from sgcl_jax.pooling import POOLINGS
 
 METRICS = ("spearman", "pearson")
@@ -169,15 +169,6 @@ def plot_layer_grid(grid: dict[str, Any], path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Writes JSON atomically (temp file + rename), so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sgcl_jax.encoder import Encoder
+from sgcl_jax.files import staged_dir
 from sgcl_jax.pretrained import Pretrained, pooler_for_export, state_dict_from_params
 
 FORMATS = ("hf", "sentence-transformers", "both")
@@ -119,21 +118,13 @@ def export(encoder: Encoder, pre: Pretrained, out: str | Path, fmt: str = "both"
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         _write_hf(tmp, pre, encoder.params, encoder.tokenizer)
         st = fmt in ("sentence-transformers", "both")
         if st:
             _write_sentence_transformers(tmp, pre.config.hidden_size, encoder.max_length)
         (tmp / "README.md").write_text(model_card(encoder.source, config, results, command))
-        diffs = verify(tmp, encoder, st)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        return diffs
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return verify(tmp, encoder, st)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

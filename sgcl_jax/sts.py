@@ -6,13 +6,13 @@ import dataclasses
 import gzip
 import io
 import os
-import shutil
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from sgcl_jax.files import staged_dir
 
 SUBSETS = {
     "STS12": ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"),
@@ -175,6 +175,11 @@ def read_task(task: str, data_dir: str | os.PathLike | None = None) -> list[Subs
     folder = default_data_dir(data_dir) / FOLDERS[task]
     if not folder.is_dir():
         raise MissingData(f"{folder}: not found")
+    return read_folder(task, folder)
+
+
+def read_folder(task: str, folder: Path) -> list[Subset]:
+    """A task's subsets from its own folder (e.g. <data>/STS12-en-test)."""
     if task == "STSB":
         return [read_stsb(folder)]
     if task == "SICKR":
@@ -208,13 +213,8 @@ def _urls(task: str) -> list[str]:
 
 def download(task: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Fetches a task's public files into the data folder; atomic (staged, parsed, then renamed into place)."""
-    root = default_data_dir(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / FOLDERS[task]
-    staging_root = Path(tempfile.mkdtemp(prefix=f".download-{task}-", dir=root))
-    staging = staging_root / FOLDERS[task]
-    staging.mkdir()
-    try:
+    final = default_data_dir(data_dir) / FOLDERS[task]
+    with staged_dir(final) as staging:
         for url in _urls(task):
             data = _fetch(url)
             name = url.rsplit("/", 1)[-1]
@@ -227,10 +227,5 @@ def download(task: str, data_dir: str | os.PathLike | None = None) -> Path:
                     # Releases nest their files differently; keep the STS input/gold files wherever they are.
                     if base.startswith("STS") and (".input." in base or ".gs." in base):
                         (staging / base).write_bytes(z.read(member))
-        read_task(task, staging_root)  # raises (naming file and line) if what arrived does not parse
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-        return final
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
+        read_folder(task, staging)  # raises (naming file and line) if what arrived does not parse
+    return final

@@ -17,6 +17,7 @@ from sgcl_jax import data, evaluate, sharding, sts
 from sgcl_jax.bert import BertConfig
 from sgcl_jax.checkpointing import Checkpoints, restore_params
 from sgcl_jax.encoder import Encoder
+from sgcl_jax.files import write_json
 from sgcl_jax.losses import OBJECTIVES
 from sgcl_jax.model import DTYPES, ModelSpec, trained_bert
 from sgcl_jax.pooling import POOLINGS
@@ -112,7 +113,7 @@ def train_one(cfg: Config, workdir: Path, seed: int) -> dict[str, Any]:
     proc0 = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
     if proc0:
-        evaluate.write_json({**cfg.to_dict(), "seed": seed}, workdir / "config.json")
+        write_json({**cfg.to_dict(), "seed": seed}, workdir / "config.json")
 
     # -- model, data, mesh
     pre = load_guide(cfg.model)
@@ -220,7 +221,7 @@ def train_one(cfg: Config, workdir: Path, seed: int) -> dict[str, Any]:
     results["training"] = {k: meta[k] for k in ("seed", "best_step", "best_score", "stopped", "step")}
     results["training"]["total_steps"] = total
     if proc0:
-        evaluate.write_json(results, results_file)
+        write_json(results, results_file)
         print(evaluate.format_table(results, f"seed {seed}, best dev step {meta['best_step']}"))
     return results
 
@@ -260,7 +261,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         per_seed[seed] = json.loads(done.read_text()) if done.exists() else train_one(config, sub, seed)
     summary = summarise_seeds(per_seed)
     if jax.process_index() == 0:
-        evaluate.write_json({**config.to_dict()}, workdir / "config.json")
-        evaluate.write_json(summary, workdir / "results.json")
+        write_json({**config.to_dict()}, workdir / "config.json")
+        write_json(summary, workdir / "results.json")
         print(evaluate.format_table(summary, f"{len(seeds)} seeds: mean +- std"))
     return summary

@@ -100,7 +100,7 @@ def test_refusals(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(export, "state_dict_from_params", broken)
     assert export.main(["--checkpoint", str(trained), "--out", str(tmp_path / "bad")]) == 1
     assert "export refused" in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.export-*"))
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.staging-*"))
     monkeypatch.undo()
     assert export.main(["--checkpoint", str(trained), "--out", str(busy), "--overwrite"]) == 0
     assert not (busy / "keep.txt").exists()
