@@ -10,7 +10,7 @@ import pytest
 from sgcl_jax.bert import BertConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("SGCL_DATA_DIR", ROOT.parent / "shared" / "data" / "sts"))
+DATA_DIR = Path(os.environ.get("SGCL_DATA_DIR", ROOT.parent / "shared" / "data" / "sts")).resolve()
 
 TINY = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=128)
