@@ -81,14 +81,26 @@ class Checkpoints:
         self.best.close()
 
 
-def restore_params(workdir: str | Path, like: Any, which: str = "best") -> tuple[Any, dict[str, Any]]:
-    """Trainable params of a workdir's best (or latest) checkpoint, laid out like `like`."""
+def resolve_checkpoint(path: str | Path) -> tuple[Path, str | None, int | None]:
+    """A workdir, or one checkpoint folder in it (<workdir>/best/<step>, <workdir>/checkpoints/<step>) ->
+    (workdir, which, step); which and step are None for a plain workdir."""
+    path = Path(path).expanduser()
+    if path.name.isdigit() and path.parent.name in (BEST, STATE) and is_workdir(path.parent.parent):
+        return path.parent.parent, "best" if path.parent.name == BEST else "latest", int(path.name)
+    return path, None, None
+
+
+def restore_params(workdir: str | Path, like: Any, which: str = "best",
+                   step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Trainable params of a workdir's best (or latest, or given-step) checkpoint, laid out like `like`."""
     workdir = Path(workdir).absolute()
     if which not in ("best", "latest"):
         raise ValueError(f"which={which!r}: choose 'best' or 'latest'")
     sub = BEST if which == "best" else STATE
     mngr = ocp.CheckpointManager(workdir / sub, options=ocp.CheckpointManagerOptions(create=False))
-    step = mngr.latest_step()
+    if step is not None and step not in mngr.all_steps():
+        raise FileNotFoundError(f"{workdir}: no checkpoint {sub}/{step} (have {sorted(mngr.all_steps())})")
+    step = mngr.latest_step() if step is None else step
     if step is None and which == "best":  # no dev evaluation happened: the latest state is all there is
         mngr.close()
         return restore_params(workdir, like, "latest")
@@ -106,7 +118,7 @@ def restore_params(workdir: str | Path, like: Any, which: str = "best") -> tuple
     return params, {**meta, "checkpoint": f"{sub}/{step}"}
 
 
-def load_trained_bert(workdir: str | Path, which: str = "best") -> tuple[Any, Any]:
+def load_trained_bert(workdir: str | Path, which: str = "best", step: int | None = None) -> tuple[Any, Any]:
     """(the guide's Pretrained, BERT_T's full params) of a training workdir, the guide fingerprint checked."""
     from sgcl_jax.model import init_trainable, trained_bert
     from sgcl_jax.trainer import load_guide, model_spec
@@ -121,7 +133,7 @@ def load_trained_bert(workdir: str | Path, which: str = "best") -> tuple[Any, An
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                         jax.eval_shape(lambda: init_trainable(spec, pre.params, jax.random.key(0))))
-    params, meta = restore_params(workdir, like, which)
+    params, meta = restore_params(workdir, like, which, step)
     if meta.get("guide_fingerprint") not in (None, pre.fingerprint()):
         raise ValueError(f"{workdir}: the checkpoint was trained from a different guide than config.model "
                          f"({meta['guide_fingerprint']} != {pre.fingerprint()})")

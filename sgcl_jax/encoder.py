@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -102,11 +101,13 @@ class Encoder:
 
 
 def load_encoder(source: str = "minilm", which: str = "best", **kwargs: Any) -> Encoder:
-    """An Encoder from a model name ('minilm'), a Hugging Face folder or hub id, or a training workdir."""
+    """An Encoder from a model name ('minilm'), a Hugging Face folder or hub id, a training workdir (its best
+    or latest checkpoint) or one checkpoint folder of a workdir."""
     from sgcl_jax import checkpointing
 
-    if checkpointing.is_workdir(Path(source).expanduser()):
-        pre, params = checkpointing.load_trained_bert(Path(source).expanduser(), which=which)
+    workdir, which_, step = checkpointing.resolve_checkpoint(source)
+    if checkpointing.is_workdir(workdir):
+        pre, params = checkpointing.load_trained_bert(workdir, which_ or which, step)
         return Encoder(pre.config, params, pre.tokenizer, source=f"{source} ({which})", **kwargs)
     from sgcl_jax.pretrained import load_pretrained
 

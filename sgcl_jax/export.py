@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The CLI."""
     ap = argparse.ArgumentParser(prog="python -m sgcl_jax.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a training workdir (or 'minilm' / a HF folder)")
+    ap.add_argument("--checkpoint", required=True, help="a training workdir, one of its checkpoint folders "
+                    "(<workdir>/best/<step>, <workdir>/checkpoints/<step>), or 'minilm' / a HF folder")
     ap.add_argument("--out", required=True)
     ap.add_argument("--format", default="both", choices=FORMATS)
     ap.add_argument("--which", default="best", choices=("best", "latest"))
@@ -141,11 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sgcl_jax import checkpointing
     from sgcl_jax.pretrained import load_pretrained
 
-    src = Path(args.checkpoint).expanduser()
+    src, which, step = checkpointing.resolve_checkpoint(args.checkpoint)
     config = results = None
     try:
         if checkpointing.is_workdir(src):
-            pre, params = checkpointing.load_trained_bert(src, args.which)
+            pre, params = checkpointing.load_trained_bert(src, which or args.which, step)
             config = json.loads((src / "config.json").read_text())
             results = json.loads((src / "results.json").read_text()) if (src / "results.json").exists() else None
             max_length = config["model"]["max_length"]
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             pre = load_pretrained(args.checkpoint)
             params, max_length = pre.params, 128
-        encoder = Encoder(pre.config, params, pre.tokenizer, max_length=max_length, source=str(src))
+        encoder = Encoder(pre.config, params, pre.tokenizer, max_length=max_length, source=args.checkpoint)
         command = "python -m sgcl_jax.export " + " ".join(sys.argv[1:] if argv is None else argv)
         diffs = export(encoder, pre, args.out, args.format, args.overwrite, config, results, command)
     except (OSError, ValueError, ExportError) as e:

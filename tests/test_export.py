@@ -113,3 +113,18 @@ def test_load_encoder_api():
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
     mean = enc.encode(SENTENCES[:2], pooling="mean")
     assert not np.allclose(mean, enc.encode(SENTENCES[:2]))
+
+
+def test_export_one_checkpoint_folder(trained, tmp_path):
+    (best,) = [p for p in (trained / "best").iterdir() if p.name.isdigit()]
+    out = tmp_path / "from_best"
+    assert export.main(["--checkpoint", str(best), "--out", str(out), "--format", "hf"]) == 0
+    from_workdir = sgcl_jax.load_encoder(str(trained), max_length=32).encode(SENTENCES)
+    assert np.abs(sgcl_jax.load_encoder(str(out), max_length=32).encode(SENTENCES) - from_workdir).max() <= 1e-5
+    latest = max((p for p in (trained / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    enc = sgcl_jax.load_encoder(str(latest), max_length=32)
+    assert enc.encode(SENTENCES).shape == (4, 32)
+    from sgcl_jax.checkpointing import restore_params
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint checkpoints/9999"):
+        restore_params(trained, None, "latest", 9999)

@@ -84,3 +84,17 @@ def test_bf16_compute_keeps_fp32_params(tiny):
     state, m = step(state, tiny.params, tokenize(tiny.tokenizer, SENTENCES, 32))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     assert np.isfinite(float(m["loss"]))
+
+
+def test_remat_gives_the_same_step(tiny):
+    from dataclasses import replace
+
+    batch = tokenize(tiny.tokenizer, SENTENCES, 32)
+    out = []
+    for spec in (SPEC, replace(SPEC, remat=True)):
+        tx, step = jit_train_step(spec, ObjectiveConfig(), OptimConfig(lr=1e-3, warmup_ratio=0.0), 10)
+        state, m = step(create_train_state(spec, tiny.params, tx, 0), tiny.params, batch)
+        out.append((float(m["loss"]), float(m["grad_norm"]), state.params))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-6) and out[0][1] == pytest.approx(out[1][1], rel=1e-5)
+    diffs = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), out[0][2], out[1][2])
+    assert max(jax.tree.leaves(diffs)) < 1e-6

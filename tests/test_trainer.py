@@ -163,3 +163,26 @@ def test_checkpoint_path_is_workdir_relative_safe(tmp_path):
         assert (tmp_path / "rel" / "checkpoints").is_dir()
     finally:
         os.chdir(cwd)
+
+
+def test_tfds_source_reads_this_process_share(monkeypatch):
+    """The TFDS path with a stand-in module (tensorflow is not a test dependency): split per process, feature."""
+    import types
+
+    calls = {}
+    fake = types.ModuleType("tensorflow_datasets")
+    fake.split_for_jax_process = lambda split: f"{split}[process share]"
+
+    def load(name, split, data_dir=None):
+        calls.update(name=name, split=split)
+        return [{"text": b"first sentence"}, {"text": b"  "}, {"text": "zweiter Satz – ü".encode()}, {"text": b"3"}]
+
+    fake.load, fake.as_numpy = load, lambda ds: ds
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    cfg = tiny_config(**{"data.source": "tfds", "data.tfds_name": "wiki", "data.max_sentences": 2}).data
+    sentences, shared = data.load_sentences(cfg)
+    assert sentences == ["first sentence", "zweiter Satz – ü"] and shared is False
+    assert calls == {"name": "wiki", "split": "train[process share]"}
+    with pytest.raises(KeyError, match="no feature 'body'"):
+        data.read_tfds("wiki", "train", "body")
