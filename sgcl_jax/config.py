@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.pooling = "cls"
     c.eval.batch_size = 128
     c.eval.final_tasks = TASKS
+    c.eval.also_last = True  # also score the last state (what the released training.py reports)
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
     return c

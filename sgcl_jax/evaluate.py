@@ -114,19 +114,18 @@ def evaluate(encoder: Encoder, tasks: Sequence[str] = sts.TASKS, data_dir: str |
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def _cell(score: float, std: float | None) -> str:
+    return f"{score:.2f}" if std is None else f"{score:.2f} +- {std:.2f}"
+
+
 def format_table(result: dict[str, Any], title: str = "") -> str:
     """A plain-text table: one row per task plus the average, then the protocol."""
     lines = [title] if title else []
     lines.append(f"{'task':<8} {'score':>7} {'pairs':>6}")
     for task, r in result["tasks"].items():
-        score = r["score"] if "std" not in r else None
-        text = f"{score:7.2f}" if score is not None else f"{r['score']:.2f} +- {r['std']:.2f}"
-        lines.append(f"{task:<8} {text:>7} {r['n']:>6}")
+        lines.append(f"{task:<8} {_cell(r['score'], r.get('std')):>7} {r['n']:>6}")
     if result.get("average") is not None:
-        avg = f"{result['average']:7.2f}"
-        if "average_std" in result:
-            avg = f"{result['average']:.2f} +- {result['average_std']:.2f}"
-        lines.append(f"{'average':<8} {avg:>7}")
+        lines.append(f"{'average':<8} {_cell(result['average'], result.get('average_std')):>7}")
     for task, why in result.get("missing", {}).items():
         lines.append(f"{task:<8} {'missing':>7}  ({why})")
     p = result["protocol"]

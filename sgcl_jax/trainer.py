@@ -209,20 +209,41 @@ def train_one(cfg: Config, workdir: Path, seed: int) -> dict[str, Any]:
     ckpt.close()
     records.close()
 
-    # -- final evaluation of the best-on-dev checkpoint on every available task
-    results_file = workdir / "results.json"
+    # -- final evaluation of the best-on-dev checkpoint (and the last state) on every available task
+    def score(params: Any, label: str) -> dict[str, Any]:
+        enc = Encoder(pre.config, sharding.to_host(trained_bert(params, guide)), pre.tokenizer,
+                      cfg.model.max_length, cfg.model.dtype, cfg.eval.pooling, source=f"{workdir} ({label})")
+        return evaluate.evaluate(enc, tuple(cfg.eval.final_tasks), cfg.data.data_dir or None,
+                                 batch_size=cfg.eval.batch_size)
+
     # Restored laid out like the live params, so this works on every process of a multi-host run too.
     best = restore_params(workdir, state.params, "best")[0] if meta["best_step"] is not None else state.params
-    bert = sharding.to_host(trained_bert(best, guide))
-    enc = Encoder(pre.config, bert, pre.tokenizer, cfg.model.max_length, cfg.model.dtype, cfg.eval.pooling,
-                  source=f"{workdir} (best)")
-    results = evaluate.evaluate(enc, tuple(cfg.eval.final_tasks), cfg.data.data_dir or None,
-                                batch_size=cfg.eval.batch_size)
+    results = score(best, "best")
     results["training"] = {k: meta[k] for k in ("seed", "best_step", "best_score", "stopped", "step")}
     results["training"]["total_steps"] = total
+    if cfg.eval.also_last:
+        # The released training.py scores the in-memory model after early stopping, not the best one.
+        last = score(state.params, "last") if meta["best_step"] != step else results
+        results["last"] = {"step": step, "tasks": last["tasks"], "average": last["average"]}
     if proc0:
-        write_json(results, results_file)
+        write_json(results, workdir / "results.json")
         print(evaluate.format_table(results, f"seed {seed}, best dev step {meta['best_step']}"))
+        if "last" in results:
+            print(f"last checkpoint (step {step}): average {results['last']['average']:.2f}")
+    return results
+
+
+def add_last(results: dict[str, Any], workdir: Path, cfg: Config) -> dict[str, Any]:
+    """Adds the last checkpoint's scores to a finished seed that was trained without eval.also_last."""
+    from sgcl_jax.encoder import load_encoder
+
+    enc = load_encoder(str(workdir), which="latest", max_length=cfg.model.max_length, dtype=cfg.model.dtype,
+                       pooling=cfg.eval.pooling)
+    last = evaluate.evaluate(enc, tuple(cfg.eval.final_tasks), cfg.data.data_dir or None,
+                             batch_size=cfg.eval.batch_size)
+    results["last"] = {"step": results["training"]["step"], "tasks": last["tasks"], "average": last["average"]}
+    if jax.process_index() == 0:
+        write_json(results, workdir / "results.json")
     return results
 
 
@@ -231,20 +252,28 @@ def train_one(cfg: Config, workdir: Path, seed: int) -> dict[str, Any]:
 
 def summarise_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Each task as mean +- std (sample std, ddof=1) over seeds; the per-seed scores kept."""
+    def spread(results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        first = next(iter(results.values()))
+        tasks = {}
+        for task in first["tasks"]:
+            scores = [r["tasks"][task]["score"] for r in results.values() if task in r["tasks"]]
+            tasks[task] = {"score": float(np.mean(scores)), "std": _std(scores), "n": first["tasks"][task]["n"],
+                           "per_seed": {str(s): r["tasks"][task]["score"] for s, r in results.items()}}
+        averages = [r["average"] for r in results.values()]
+        return {"tasks": tasks, "average": float(np.mean(averages)), "average_std": _std(averages)}
+
     first = next(iter(per_seed.values()))
-    tasks = {}
-    for task in first["tasks"]:
-        scores = [r["tasks"][task]["score"] for r in per_seed.values() if task in r["tasks"]]
-        tasks[task] = {"score": float(np.mean(scores)),
-                       "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
-                       "n": first["tasks"][task]["n"],
-                       "per_seed": {str(s): r["tasks"][task]["score"] for s, r in per_seed.items()}}
-    averages = [r["average"] for r in per_seed.values()]
-    return {"protocol": {**first["protocol"], "seeds": list(per_seed), "spread": "mean +- std (ddof=1) over seeds"},
-            "tasks": tasks, "average": float(np.mean(averages)),
-            "average_std": float(np.std(averages, ddof=1)) if len(averages) > 1 else 0.0,
-            "missing": first.get("missing", {}),
-            "per_seed": {str(s): r.get("training", {}) for s, r in per_seed.items()}}
+    summary = {"protocol": {**first["protocol"], "seeds": list(per_seed),
+                            "spread": "mean +- std (ddof=1) over seeds", "checkpoint": "best on STS-B dev"},
+               **spread(per_seed), "missing": first.get("missing", {}),
+               "per_seed": {str(s): r.get("training", {}) for s, r in per_seed.items()}}
+    if all("last" in r for r in per_seed.values()):
+        summary["last"] = spread({s: r["last"] for s, r in per_seed.items()})
+    return summary
+
+
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
@@ -258,10 +287,17 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     for seed in seeds:
         sub = workdir / f"seed_{seed}"
         done = sub / "results.json"
-        per_seed[seed] = json.loads(done.read_text()) if done.exists() else train_one(config, sub, seed)
+        if done.exists():
+            per_seed[seed] = json.loads(done.read_text())
+            if config.eval.also_last and "last" not in per_seed[seed]:
+                per_seed[seed] = add_last(per_seed[seed], sub, config)
+        else:
+            per_seed[seed] = train_one(config, sub, seed)
     summary = summarise_seeds(per_seed)
     if jax.process_index() == 0:
         write_json({**config.to_dict()}, workdir / "config.json")
         write_json(summary, workdir / "results.json")
-        print(evaluate.format_table(summary, f"{len(seeds)} seeds: mean +- std"))
+        print(evaluate.format_table(summary, f"{len(seeds)} seeds, best-on-dev checkpoints: mean +- std"))
+        if "last" in summary:
+            print(evaluate.format_table({**summary, **summary["last"]}, "the same seeds, last checkpoints"))
     return summary

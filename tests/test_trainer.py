@@ -50,6 +50,9 @@ def test_end_to_end(tmp_path, data_dir):
     best = [x["dev_stsb_spearman"] for x in lines if "dev_stsb_spearman" in x]
     assert saved["training"]["best_score"] == pytest.approx(max(best))
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [20, 30]
+    assert saved["last"]["step"] == 30 and np.isfinite(saved["last"]["average"])
+    if saved["training"]["best_step"] != 30:
+        assert saved["last"]["tasks"]["STSB"]["score"] != saved["tasks"]["STSB"]["score"]
 
 
 def _train_cmd(workdir, *extra):
@@ -137,8 +140,12 @@ def test_batches_are_deterministic_and_split_by_process(tiny):
 
 
 def test_multi_seed_summary(tmp_path, data_dir):
-    res = train_and_evaluate(tiny_config(**{"seeds": (1, 2), "train.num_steps": 4, "train.eval_every": 2}),
-                             tmp_path)
+    overrides = {"seeds": (1, 2), "train.num_steps": 4, "train.eval_every": 2}
+    first = train_and_evaluate(tiny_config(**overrides, **{"eval.also_last": False}), tmp_path)
+    assert "last" not in first
+    # Re-running finished seeds trains nothing; asking for the last checkpoints scores them from disk.
+    res = train_and_evaluate(tiny_config(**overrides), tmp_path)
+    assert res["tasks"] == first["tasks"]
     per = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text())["tasks"]["STSB"]["score"]
            for s in (1, 2)]
     assert per[0] != per[1]
@@ -146,6 +153,8 @@ def test_multi_seed_summary(tmp_path, data_dir):
     assert res["tasks"]["STSB"]["std"] == pytest.approx(np.std(per, ddof=1))
     assert json.loads((tmp_path / "results.json").read_text())["tasks"]["STSB"]["per_seed"] == {
         "1": per[0], "2": per[1]}
+    last = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text())["last"]["average"] for s in (1, 2)]
+    assert res["last"]["average"] == pytest.approx(np.mean(last))
     fake = {s: {"protocol": {}, "tasks": {"A": {"score": v, "n": 3}}, "average": v} for s, v in
             [(1, 70.0), (2, 72.0), (3, 77.0)]}
     summary = summarise_seeds(fake)
