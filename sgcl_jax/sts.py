@@ -27,11 +27,11 @@ FOLDERS = {**{t: f"{t}-en-test" for t in SUBSETS}, "STSB": "STSBenchmark", "SICK
 # Public releases (SentEval's sources). Override the lot with SGCL_STS_MIRROR=<base url>: each file is then
 # fetched from <base>/<its file name>.
 SOURCES = {
-    "STS12": ["http://ixa2.si.ehu.eus/stswiki/images/4/40/STS2012-en-test.zip"],
-    "STS13": ["http://ixa2.si.ehu.eus/stswiki/images/2/2f/STS2013-en-test.zip"],
-    "STS14": ["http://ixa2.si.ehu.eus/stswiki/images/8/8c/STS2014-en-test.zip"],
-    "STS15": ["http://ixa2.si.ehu.eus/stswiki/images/d/da/STS2015-en-test.zip"],
-    "STS16": ["http://ixa2.si.ehu.eus/stswiki/images/9/98/STS2016-en-test.zip"],
+    "STS12": ["http://ixa2.si.ehu.es/stswiki/images/4/40/STS2012-en-test.zip"],
+    "STS13": ["http://ixa2.si.ehu.es/stswiki/images/2/2f/STS2013-en-test.zip"],
+    "STS14": ["http://ixa2.si.ehu.es/stswiki/images/8/8c/STS2014-en-test.zip"],
+    "STS15": ["http://ixa2.si.ehu.es/stswiki/images/d/da/STS2015-en-test.zip"],
+    "STS16": ["http://ixa2.si.ehu.es/stswiki/images/9/98/STS2016-en-test.zip"],
     "STSB": ["https://sbert.net/datasets/stsbenchmark.tsv.gz"],
     "SICKR": [f"https://raw.githubusercontent.com/alvations/stasis/master/SICK-data/SICK_{s}.txt"
               for s in ("train", "trial", "test_annotated")],
