@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tfds_data_dir = ""
     c.data.max_sentences = 0  # 0: all
     c.data.data_dir = ""  # STS data folder; '' = $SGCL_DATA_DIR or the user cache
+    c.data.download = True  # fetch STS-B into the data folder when it is absent
     c.data.batch_size = 16  # global batch: every sentence's negatives come from all of it
     c.data.num_epochs = 1
     c.data.buckets = (16, 32, 64, 128)
@@ -62,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.pooling = "cls"
     c.eval.batch_size = 128
     c.eval.final_tasks = TASKS
+    c.eval.download = False  # fetch missing evaluation tasks (STS12-16, SICK-R) before the final evaluation
     c.eval.also_last = True  # also score the last state (what the released training.py reports)
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})

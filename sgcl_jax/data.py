@@ -67,10 +67,25 @@ def read_tfds(name: str, split: str, feature: str, data_dir: str | None = None, 
     return out
 
 
+def stsb_training_sentences(data_dir: str | None, download: bool) -> list[str]:
+    """The STS-B sentences, fetched into the data folder first when absent and `download` is set."""
+    try:
+        return sts.stsb_sentences(data_dir)
+    except sts.MissingData as e:
+        hint = "point $SGCL_DATA_DIR or --config.data.data_dir at a folder holding STSBenchmark/"
+        if not download:
+            raise sts.MissingData(f"{e}; {hint}, or set --config.data.download=True") from e
+        try:
+            sts.download("STSB", data_dir)
+        except OSError as d:
+            raise sts.MissingData(f"{e}, and fetching it failed ({d}); {hint}") from d
+        return sts.stsb_sentences(data_dir)
+
+
 def load_sentences(cfg: Any) -> tuple[list[str], bool]:
     """The configured training sentences -> (sentences, whether every process holds the same list)."""
     if cfg.source == "stsb":
-        sentences, shared = sts.stsb_sentences(cfg.data_dir or None), True
+        sentences, shared = stsb_training_sentences(cfg.data_dir or None, cfg.download), True
     elif cfg.source == "text":
         if not cfg.files:
             raise ValueError("data.files: give at least one text file for data.source='text'")

@@ -214,7 +214,7 @@ def train_one(cfg: Config, workdir: Path, seed: int) -> dict[str, Any]:
         enc = Encoder(pre.config, sharding.to_host(trained_bert(params, guide)), pre.tokenizer,
                       cfg.model.max_length, cfg.model.dtype, cfg.eval.pooling, source=f"{workdir} ({label})")
         return evaluate.evaluate(enc, tuple(cfg.eval.final_tasks), cfg.data.data_dir or None,
-                                 batch_size=cfg.eval.batch_size)
+                                 batch_size=cfg.eval.batch_size, download=cfg.eval.download)
 
     # Restored laid out like the live params, so this works on every process of a multi-host run too.
     best = restore_params(workdir, state.params, "best")[0] if meta["best_step"] is not None else state.params

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import shutil
+import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -37,3 +42,21 @@ def data_dir() -> Path:
     """The STS data folder (../shared/data/sts); tests that need it fail loudly when it is absent."""
     assert (DATA_DIR / "STSBenchmark").exists(), f"STS data not found at {DATA_DIR} (set SGCL_DATA_DIR)"
     return DATA_DIR
+
+
+@pytest.fixture()
+def mirror(tmp_path, data_dir):
+    """A local HTTP server on 127.0.0.1 serving release-shaped files built from ../shared/data/sts."""
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "STS2012-en-test.zip", "w") as z:
+        for f in (data_dir / "STS12-en-test").iterdir():
+            z.write(f, f"test-gold/{f.name}")  # the release nests its files in a folder
+    shutil.copy(data_dir / "STSBenchmark" / "stsbenchmark.tsv.gz", served / "stsbenchmark.tsv.gz")
+    (served / "STS2013-en-test.zip").write_bytes(b"not a zip")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", served
+    server.shutdown()

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
-import http.server
-import shutil
-import threading
-import zipfile
 
 import numpy as np
 import pytest
@@ -99,24 +94,6 @@ def test_malformed_files_name_file_and_line(tmp_path):
 def test_missing_task_is_reported(tmp_path):
     with pytest.raises(sts.MissingData):
         sts.read_task("STS16", tmp_path)
-
-
-@pytest.fixture()
-def mirror(tmp_path, data_dir):
-    """A local HTTP server on 127.0.0.1 serving release-shaped files built from ../shared/data/sts."""
-    served = tmp_path / "served"
-    served.mkdir()
-    with zipfile.ZipFile(served / "STS2012-en-test.zip", "w") as z:
-        for f in (data_dir / "STS12-en-test").iterdir():
-            z.write(f, f"test-gold/{f.name}")  # the release nests its files in a folder
-    shutil.copy(data_dir / "STSBenchmark" / "stsbenchmark.tsv.gz", served / "stsbenchmark.tsv.gz")
-    _write(served / "STS2013-en-test.zip", b"not a zip")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", served
-    server.shutdown()
 
 
 def test_download_from_local_mirror(mirror, tmp_path, monkeypatch):

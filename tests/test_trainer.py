@@ -195,3 +195,17 @@ def test_tfds_source_reads_this_process_share(monkeypatch):
     assert calls == {"name": "wiki", "split": "train[process share]"}
     with pytest.raises(KeyError, match="no feature 'body'"):
         data.read_tfds("wiki", "train", "body")
+
+
+def test_missing_training_data_is_fetched_or_explained(tmp_path, mirror, monkeypatch):
+    target = tmp_path / "cache"
+    cfg = tiny_config(**{"data.data_dir": str(target), "data.download": False}).data
+    with pytest.raises(FileNotFoundError, match="SGCL_DATA_DIR"):
+        data.load_sentences(cfg)
+    cfg.download = True
+    monkeypatch.setenv("SGCL_STS_MIRROR", "http://127.0.0.1:9/")  # nothing listens: a fast, clear failure
+    with pytest.raises(FileNotFoundError, match="fetching it failed"):
+        data.load_sentences(cfg)
+    monkeypatch.setenv("SGCL_STS_MIRROR", mirror[0])
+    sentences, _ = data.load_sentences(cfg)
+    assert len(sentences) == 320 and (target / "STSBenchmark" / "stsbenchmark.tsv.gz").exists()
