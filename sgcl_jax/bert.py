@@ -105,16 +105,19 @@ class BertSelfAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool, first_only: bool = False
+                 ) -> jax.Array:
         cfg = self.config
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
 
-        def project(name: str) -> jax.Array:
-            y = _dense(cfg, cfg.hidden_size, name, self.dtype)(x)
+        def project(name: str, inputs: jax.Array) -> jax.Array:
+            y = _dense(cfg, cfg.hidden_size, name, self.dtype)(inputs)
             return y.reshape(*y.shape[:-1], heads, head_dim)
 
-        q, k, v = project("query"), project("key"), project("value")
+        # first_only: only position 0 ([CLS]) asks queries; keys and values still come from every token.
+        q = project("query", x[:, :1] if first_only else x)
+        k, v = project("key", x), project("value", x)
         # Scores and softmax in fp32: bf16 logits lose the small differences that the mask bias must dominate.
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(head_dim)
         probs = jax.nn.softmax(scores + mask_bias, axis=-1)
@@ -144,9 +147,11 @@ class BertAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
-        ctx = BertSelfAttention(self.config, self.dtype, name="self")(x, mask_bias, deterministic)
-        return _ResidualOutput(self.config, self.dtype, name="output")(ctx, x, deterministic)
+    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool, first_only: bool = False
+                 ) -> jax.Array:
+        ctx = BertSelfAttention(self.config, self.dtype, name="self")(x, mask_bias, deterministic, first_only)
+        residual = x[:, :1] if first_only else x
+        return _ResidualOutput(self.config, self.dtype, name="output")(ctx, residual, deterministic)
 
 
 class _Intermediate(nn.Module):
@@ -166,8 +171,9 @@ class BertLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
-        attn = BertAttention(self.config, self.dtype, name="attention")(x, mask_bias, deterministic)
+    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool, first_only: bool = False
+                 ) -> jax.Array:
+        attn = BertAttention(self.config, self.dtype, name="attention")(x, mask_bias, deterministic, first_only)
         inter = _Intermediate(self.config, self.dtype, name="intermediate")(attn)
         return _ResidualOutput(self.config, self.dtype, name="output")(inter, attn, deterministic)
 
@@ -176,15 +182,18 @@ class _Encoder(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    cls_only: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> list[jax.Array]:
-        # static_argnums=(3,): `deterministic` is a Python bool that selects the graph.
-        layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
+        # static_argnums: `deterministic` and `first_only` are Python bools that select the graph.
+        layer_cls = nn.remat(BertLayer, static_argnums=(3, 4)) if self.remat else BertLayer
         hidden = [x]
-        for i in range(self.config.num_hidden_layers):
+        n = self.config.num_hidden_layers
+        for i in range(n):
             # "layer_<i>" maps to HF's "layer.<i>" in pretrained.py's name table.
-            x = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic)
+            x = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x, mask_bias, deterministic,
+                                                                      self.cls_only and i == n - 1)
             hidden.append(x)
         return hidden
 
@@ -198,6 +207,9 @@ class BertEncoder(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    # Only [CLS] of the last layer is needed (cls pooling): its last layer runs queries, the attention
+    # output and the feed-forward for position 0 alone; the last hidden state then has length 1.
+    cls_only: bool = False
 
     @nn.compact
     def __call__(
@@ -213,5 +225,6 @@ class BertEncoder(nn.Module):
         x = BertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
         # Additive bias as in HF: a large negative number where the key is padding.
         mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-        hidden = _Encoder(self.config, self.dtype, self.remat, name="encoder")(x, mask_bias, deterministic)
+        hidden = _Encoder(self.config, self.dtype, self.remat, self.cls_only, name="encoder")(x, mask_bias,
+                                                                                           deterministic)
         return tuple(hidden)

@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.pooling = "cls"
-    c.eval.batch_size = 128
+    c.eval.batch_size = 64
     c.eval.final_tasks = TASKS
     c.eval.download = False  # fetch missing evaluation tasks (STS12-16, SICK-R) before the final evaluation
     c.eval.also_last = True  # also score the last state (what the released training.py reports)

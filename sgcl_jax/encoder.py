@@ -16,17 +16,20 @@ from sgcl_jax.model import DTYPES
 from sgcl_jax.pooling import POOLINGS, pool, sentence_embedding
 from sgcl_jax.tokenization import pad_batch, token_ids
 
-# Finer than the training buckets: evaluation sorts by length, so most batches are short and padding is waste.
-EVAL_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# Finer than the training buckets: evaluation sorts by length, so most batches are short and padding is waste
+# (a MiniLM forward compiles in well under a second per shape on CPU, so 20-odd shapes cost little).
+EVAL_BUCKETS = (4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 28, 32, 36, 40, 48, 56, 64, 80, 96, 128, 192, 256, 384, 512)
 
 
 @functools.lru_cache(maxsize=64)
 def embed_fn(config: BertConfig, dtype: str, pooling: str, layer: int | str) -> Callable[..., jax.Array]:
     """A jitted (params, batch) -> (b, d) fp32 embeddings; params are an argument, so new weights never recompile."""
 
+    cls_only = pooling == "cls" and layer in ("last", -1, config.num_hidden_layers)
+
     def fn(params, batch):
-        hidden = BertEncoder(config, DTYPES[dtype]).apply({"params": params}, batch["input_ids"],
-                                                         batch["attention_mask"], batch["token_type_ids"])
+        hidden = BertEncoder(config, DTYPES[dtype], cls_only=cls_only).apply(
+            {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         return sentence_embedding(hidden, batch["attention_mask"], pooling, layer)
 
     return jax.jit(fn)
@@ -46,7 +49,7 @@ def all_layers_fn(config: BertConfig, dtype: str) -> Callable[..., jax.Array]:
 
 
 def run_sorted(fn: Callable[..., jax.Array], params: Any, tokenizer: Any, sentences: Sequence[str],
-               batch_size: int = 128, max_length: int = 128, progress: bool = False) -> np.ndarray:
+               batch_size: int = 64, max_length: int = 128, progress: bool = False) -> np.ndarray:
     """Applies fn to length-sorted, bucket-padded batches of fixed row count; results in the input order.
 
     The batch axis of fn's output must be the second to last (..., b, d).
@@ -86,7 +89,7 @@ class Encoder:
     layer: int | str = "last"
     source: str = ""
 
-    def encode(self, sentences: Sequence[str], batch_size: int = 128, normalize: bool = False,
+    def encode(self, sentences: Sequence[str], batch_size: int = 64, normalize: bool = False,
                pooling: str | None = None, layer: int | str | None = None,
                progress: bool | None = None) -> np.ndarray:
         """Sentences -> (n, d) float32 embeddings, in input order."""

@@ -80,7 +80,7 @@ def load_tasks(tasks: Sequence[str], data_dir: str | os.PathLike | None,
 
 
 def score_tasks(encoder: Encoder, loaded: dict[str, list[sts.Subset]], metric: str = "spearman",
-                aggregation: str = "all", batch_size: int = 128, progress: bool | None = None
+                aggregation: str = "all", batch_size: int = 64, progress: bool | None = None
                 ) -> dict[str, dict[str, Any]]:
     """Encodes every distinct sentence once, then scores each task: {name: {"score", "n", "subsets"}}."""
     unique = sorted({s for subs in loaded.values() for sub in subs for s in (*sub.sent1, *sub.sent2)})
@@ -102,7 +102,7 @@ def score_tasks(encoder: Encoder, loaded: dict[str, list[sts.Subset]], metric: s
 
 
 def evaluate(encoder: Encoder, tasks: Sequence[str] = sts.TASKS, data_dir: str | os.PathLike | None = None,
-             metric: str = "spearman", aggregation: str = "all", batch_size: int = 128,
+             metric: str = "spearman", aggregation: str = "all", batch_size: int = 64,
              download: bool = False) -> dict[str, Any]:
     """Scores the encoder on the tasks: {"protocol", "tasks": {name: {"score", "n", "subsets"}}, "average", ...}."""
     loaded, missing = load_tasks(tasks, data_dir, download)
@@ -134,7 +134,7 @@ def format_table(result: dict[str, Any], title: str = "") -> str:
 
 
 def layer_grid(encoder: Encoder, data_dir: str | os.PathLike | None = None, metric: str = "spearman",
-               batch_size: int = 128) -> dict[str, Any]:
+               batch_size: int = 64) -> dict[str, Any]:
     """Spearman on STS-B test for every layer (0 = embeddings) x pooling in {cls, mean, max} (the paper's Fig. 1)."""
     sub = sts.read_task("STSB", data_dir)[0]
     unique = sorted(set(sub.sent1) | set(sub.sent2))
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--metric", default="spearman", choices=METRICS)
     ap.add_argument("--aggregation", default="all", choices=AGGREGATIONS)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--data-dir", default=None, help="default: $SGCL_DATA_DIR, else ~/.cache/sgcl_jax/sts")
     ap.add_argument("--download", action="store_true", help="fetch missing tasks into the data folder")

@@ -39,8 +39,8 @@ class ModelSpec:
         return tuple(range(self.layer_min, hi + 1))
 
     def encoder(self, guide: bool = False) -> BertEncoder:
-        """The Flax BERT module for the guide or the trained copy."""
-        return BertEncoder(self.bert, DTYPES[self.dtype], remat=self.remat and not guide)
+        """The Flax BERT module for the guide (every token of every layer) or the trained copy ([CLS] only)."""
+        return BertEncoder(self.bert, DTYPES[self.dtype], remat=self.remat and not guide, cls_only=not guide)
 
 
 class ProjectionHead(nn.Module):

@@ -132,3 +132,15 @@ def test_hub_id_offline_gives_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="pass that folder's path"):
         load_pretrained("some-org/some-model-that-is-not-cached")
+
+
+def test_cls_only_last_layer_equals_full(minilm):
+    """The fast path used for [CLS] pooling (last layer computed for position 0 only) changes nothing."""
+    batch = tokenize(minilm.tokenizer, SENTENCES, max_length=128)
+    args = ({"params": minilm.params}, batch["input_ids"], batch["attention_mask"])
+    full = BertEncoder(minilm.config).apply(*args)
+    fast = BertEncoder(minilm.config, cls_only=True).apply(*args)
+    assert fast[-1].shape[1] == 1
+    np.testing.assert_allclose(np.asarray(fast[-1][:, 0]), np.asarray(full[-1][:, 0]), atol=1e-5)
+    for a, b in zip(full[:-1], fast[:-1], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
