@@ -87,6 +87,8 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str | None, int | None]:
     path = Path(path).expanduser()
     if path.name.isdigit() and path.parent.name in (BEST, STATE) and is_workdir(path.parent.parent):
         return path.parent.parent, "best" if path.parent.name == BEST else "latest", int(path.name)
+    if not is_workdir(path) and any(path.glob("seed_*/checkpoints")):
+        raise FileNotFoundError(f"{path}: a multi-seed workdir; name one seed: {path}/seed_<N>")
     return path, None, None
 
 

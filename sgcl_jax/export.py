@@ -142,16 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sgcl_jax import checkpointing
     from sgcl_jax.pretrained import load_pretrained
 
-    src, which, step = checkpointing.resolve_checkpoint(args.checkpoint)
     config = results = None
     try:
+        src, which, step = checkpointing.resolve_checkpoint(args.checkpoint)
         if checkpointing.is_workdir(src):
             pre, params = checkpointing.load_trained_bert(src, which or args.which, step)
             config = json.loads((src / "config.json").read_text())
             results = json.loads((src / "results.json").read_text()) if (src / "results.json").exists() else None
             max_length = config["model"]["max_length"]
-        elif any(src.glob("seed_*/checkpoints")):
-            raise FileNotFoundError(f"{src}: a multi-seed workdir; export one seed: {src}/seed_<N>")
         elif src.is_dir() and (src / "config.json").exists() and not (src / "model.safetensors").exists() \
                 and not (src / "pytorch_model.bin").exists():
             raise FileNotFoundError(f"{src}: a workdir without checkpoints (has training run here?)")

@@ -81,6 +81,11 @@ def test_refusals(trained, tmp_path, monkeypatch, capsys):
     assert export.main(["--checkpoint", str(empty_workdir), "--out", str(tmp_path / "o1")]) == 1
     assert "without checkpoints" in capsys.readouterr().err
 
+    seeds = tmp_path / "seeds"
+    (seeds / "seed_1" / "checkpoints").mkdir(parents=True)
+    assert export.main(["--checkpoint", str(seeds), "--out", str(tmp_path / "o2")]) == 1
+    assert "multi-seed workdir" in capsys.readouterr().err
+
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("user data")
