@@ -77,9 +77,14 @@ def _dev_set(cfg: Config) -> sts.Subset | None:
 class _Records:
     """metrics.jsonl and TensorBoard events, written by process 0 only."""
 
-    def __init__(self, workdir: Path, enabled: bool):
+    def __init__(self, workdir: Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
-        self.file = open(workdir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115 - closed in close()
+        path = workdir / "metrics.jsonl"
+        if enabled and path.exists():
+            # Lines written after the checkpoint we resume from will be written again: drop them.
+            kept = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= resume_step]
+            path.write_text("".join(f"{x}\n" for x in kept))
+        self.file = open(path, "a") if enabled else None  # noqa: SIM115 - closed in close()
         self.tb = None
         if enabled:
             try:
@@ -152,7 +157,7 @@ def train_one(cfg: Config, workdir: Path, seed: int) -> dict[str, Any]:
         log.info("resumed from step %d (epoch %d, sentence %d)", meta["step"], *batches.position(meta["step"]))
 
     dev = _dev_set(cfg)
-    records = _Records(workdir, proc0)
+    records = _Records(workdir, proc0, int(meta["step"]))
 
     def dev_score() -> float:
         params = sharding.to_host(trained_bert(state.params, guide))

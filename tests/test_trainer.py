@@ -93,6 +93,10 @@ def test_exact_resume_after_kill(tmp_path, data_dir):
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b, strict=True))
     ra, rb = (json.loads((w / "results.json").read_text()) for w in (straight, killed))
     assert ra["tasks"] == rb["tasks"] and ra["training"]["best_step"] == rb["training"]["best_step"]
+    # The metrics log of the resumed run reads as one run: each step once, the same values.
+    la, lb = ([json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()] for w in (straight, killed))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_s"} for r in rows]  # noqa: E731
+    assert strip(la) == strip(lb)
 
 
 def test_config_errors_before_work(tmp_path):
