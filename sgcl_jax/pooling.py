@@ -8,8 +8,6 @@ import jax
 import jax.numpy as jnp
 
 POOLINGS = ("cls", "mean", "max")
-# Any layer index or "first_last" (the average of the first transformer layer's and the last layer's outputs).
-LAYER_CHOICES = ("last", "first_last")
 
 
 def pool(hidden: jax.Array, mask: jax.Array, method: str) -> jax.Array:
