@@ -111,8 +111,7 @@ def test_set_overlap(sentences: Sequence[str], data_dir: str | None = None) -> d
             subsets = sts.read_task(task, data_dir)
         except (sts.MissingData, ValueError):
             continue
-        test = {s for sub in subsets for s in (*sub.sent1, *sub.sent2)}
-        if n := len(train & test):
+        if n := len(train.intersection(sts.distinct_sentences(subsets))):
             out[task] = n
     return out
 

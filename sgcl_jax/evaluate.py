@@ -83,7 +83,7 @@ def score_tasks(encoder: Encoder, loaded: dict[str, list[sts.Subset]], metric: s
                 aggregation: str = "all", batch_size: int = 64, progress: bool | None = None
                 ) -> dict[str, dict[str, Any]]:
     """Encodes every distinct sentence once, then scores each task: {name: {"score", "n", "subsets"}}."""
-    unique = sorted({s for subs in loaded.values() for sub in subs for s in (*sub.sent1, *sub.sent2)})
+    unique = sts.distinct_sentences([sub for subs in loaded.values() for sub in subs])
     if not unique:
         return {}
     emb = encoder.encode(unique, batch_size=batch_size, progress=progress)
@@ -137,7 +137,7 @@ def layer_grid(encoder: Encoder, data_dir: str | os.PathLike | None = None, metr
                batch_size: int = 64) -> dict[str, Any]:
     """Spearman on STS-B test for every layer (0 = embeddings) x pooling in {cls, mean, max} (the paper's Fig. 1)."""
     sub = sts.read_task("STSB", data_dir)[0]
-    unique = sorted(set(sub.sent1) | set(sub.sent2))
+    unique = sts.distinct_sentences([sub])
     index = {s: i for i, s in enumerate(unique)}
     fn = all_layers_fn(encoder.config, encoder.dtype)
     emb = run_sorted(fn, encoder.params, encoder.tokenizer, unique, batch_size, encoder.max_length)  # (L+1,P,n,d)

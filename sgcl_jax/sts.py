@@ -51,6 +51,11 @@ class Subset:
         return len(self.gold)
 
 
+def distinct_sentences(subsets: list[Subset]) -> list[str]:
+    """Every sentence of the subsets once, sorted (encode once, look up per pair)."""
+    return sorted({s for sub in subsets for s in (*sub.sent1, *sub.sent2)})
+
+
 class MissingData(FileNotFoundError):
     """A task's files are not in the data folder."""
 

@@ -159,10 +159,13 @@ def train_one(cfg: Config, workdir: Path, seed: int) -> dict[str, Any]:
     dev = _dev_set(cfg)
     records = _Records(workdir, proc0, int(meta["step"]))
 
+    def encoder(trainable: Any, label: str = "") -> Encoder:
+        """BERT_T (the guide's frozen embeddings + these trained layers) as an evaluation encoder on this host."""
+        return Encoder(pre.config, sharding.to_host(trained_bert(trainable, guide)), pre.tokenizer,
+                       cfg.model.max_length, cfg.model.dtype, cfg.eval.pooling, source=label)
+
     def dev_score() -> float:
-        params = sharding.to_host(trained_bert(state.params, guide))
-        enc = Encoder(pre.config, params, pre.tokenizer, cfg.model.max_length, cfg.model.dtype, cfg.eval.pooling)
-        return evaluate.score_tasks(enc, {"dev": [dev]}, batch_size=cfg.eval.batch_size,
+        return evaluate.score_tasks(encoder(state.params), {"dev": [dev]}, batch_size=cfg.eval.batch_size,
                                     progress=False)["dev"]["score"]
 
     # -- loop
@@ -216,9 +219,8 @@ def train_one(cfg: Config, workdir: Path, seed: int) -> dict[str, Any]:
 
     # -- final evaluation of the best-on-dev checkpoint (and the last state) on every available task
     def score(params: Any, label: str) -> dict[str, Any]:
-        enc = Encoder(pre.config, sharding.to_host(trained_bert(params, guide)), pre.tokenizer,
-                      cfg.model.max_length, cfg.model.dtype, cfg.eval.pooling, source=f"{workdir} ({label})")
-        return evaluate.evaluate(enc, tuple(cfg.eval.final_tasks), cfg.data.data_dir or None,
+        return evaluate.evaluate(encoder(params, f"{workdir} ({label})"), tuple(cfg.eval.final_tasks),
+                                 cfg.data.data_dir or None,
                                  batch_size=cfg.eval.batch_size, download=cfg.eval.download)
 
     # Restored laid out like the live params, so this works on every process of a multi-host run too.
