@@ -2,10 +2,24 @@
 
     import sgcl_jax
     encoder = sgcl_jax.load_encoder("runs/default")   # or "minilm", a Hugging Face folder
-    vectors = encoder.encode(["A man plays a guitar.", "Someone plays music."], normalize=True)
+    vectors = encoder.encode(["A man plays a guitar.", "Someone plays music."], normalize_embeddings=True)
 """
 
-from sgcl_jax.encoder import Encoder, load_encoder
+from __future__ import annotations
 
-__all__ = ["Encoder", "load_encoder"]
-__version__ = "0.1.0"
+from typing import Any
+
+__all__ = ["SentenceEncoder", "load_encoder", "train_and_evaluate"]
+__version__ = "0.2.0"
+
+# Imported on first use, so that `import sgcl_jax.bert` (or a CLI's --help) does not load Orbax and the trainer.
+_LAZY = {"SentenceEncoder": "sgcl_jax.encoder", "load_encoder": "sgcl_jax.runs",
+         "train_and_evaluate": "sgcl_jax.trainer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sgcl_jax' has no attribute {name!r}")

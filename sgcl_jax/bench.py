@@ -94,11 +94,11 @@ def _peak_memory(device: Any) -> float | None:
 def bench_jax(cfg: BertConfig, batches: list[dict[str, np.ndarray]], dtype: str, remat: bool, head_dim: int,
               warmup: int) -> dict[str, Any]:
     """Times the jitted train step; returns sentences/s, tokens/s, TFLOP/s, compile seconds, peak memory."""
-    from sgcl_jax.bert import BertEncoder
+    from sgcl_jax.bert import Bert
     from sgcl_jax.train_step import ObjectiveConfig, OptimConfig, create_train_state, jit_train_step
 
     ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
-    guide = jax.jit(lambda k: BertEncoder(cfg).init(k, ids, jax.numpy.ones_like(ids))["params"])(jax.random.key(0))
+    guide = jax.jit(lambda k: Bert(cfg).init(k, ids, jax.numpy.ones_like(ids))["params"])(jax.random.key(0))
     spec = ModelSpec(cfg, head_dim=head_dim, dtype=dtype, remat=remat)
     tx, step = jit_train_step(spec, ObjectiveConfig(), OptimConfig(), 1000)
     state = create_train_state(spec, guide, tx, 0)
@@ -241,7 +241,7 @@ def bench_eval(model: str, dtype: str, data_dir: str | None, tokenizer: str = "m
                batch_size: int = 256) -> dict[str, Any]:
     """Times encoding every distinct sentence of the available STS tasks ([CLS]), after a compiling pass."""
     from sgcl_jax import evaluate, sts
-    from sgcl_jax.bert import BertEncoder
+    from sgcl_jax.bert import Bert
     from sgcl_jax.encoder import embed_fn, run_sorted
     from sgcl_jax.pretrained import load_tokenizer, resolve
 
@@ -250,7 +250,7 @@ def bench_eval(model: str, dtype: str, data_dir: str | None, tokenizer: str = "m
     loaded, missing = evaluate.load_tasks(sts.TASKS, data_dir)
     unique = sts.distinct_sentences([sub for subs in loaded.values() for sub in subs])
     ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
-    params = jax.jit(lambda k: BertEncoder(cfg).init(k, ids, jax.numpy.ones_like(ids))["params"])(jax.random.key(0))
+    params = jax.jit(lambda k: Bert(cfg).init(k, ids, jax.numpy.ones_like(ids))["params"])(jax.random.key(0))
     fn = embed_fn(cfg, dtype, "cls", "last")
     t0 = time.perf_counter()
     run_sorted(fn, params, tok, unique, batch_size)

@@ -178,7 +178,7 @@ class BertLayer(nn.Module):
         return _ResidualOutput(self.config, self.dtype, name="output")(inter, attn, deterministic)
 
 
-class _Encoder(nn.Module):
+class _LayerStack(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     remat: bool = False
@@ -198,7 +198,7 @@ class _Encoder(nn.Module):
         return hidden
 
 
-class BertEncoder(nn.Module):
+class Bert(nn.Module):
     """BERT without the pooler: returns every hidden state, embedding output first.
 
     Params are fp32 whatever `dtype` (the compute dtype) is, so optimizers always hold fp32 masters.
@@ -225,6 +225,6 @@ class BertEncoder(nn.Module):
         x = BertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
         # Additive bias as in HF: a large negative number where the key is padding.
         mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-        hidden = _Encoder(self.config, self.dtype, self.remat, self.cls_only, name="encoder")(x, mask_bias,
+        hidden = _LayerStack(self.config, self.dtype, self.remat, self.cls_only, name="encoder")(x, mask_bias,
                                                                                            deterministic)
         return tuple(hidden)

@@ -1,47 +1,73 @@
-"""Orbax checkpoints: periodic saves of the full train state (latest N), the best-on-dev params, exact resume.
+"""Orbax checkpoints of a run folder: the newest N train states, the best-on-dev params, and restores that
+fall back past a damaged save.
 
-Layout of a workdir:
-    config.json              the resolved config (written by the trainer)
-    checkpoints/<step>/      state (trainable params, optimizer state, step, PRNG key) + meta (JSON)
-    best/<step>/             params of the best dev score + meta
-The guide is never saved: it is re-derived from config.model and checked against the fingerprint in meta.
-Orbax writes each step to a temporary folder and renames it when complete, so a kill never leaves half a save.
+Layout of a run folder (see runs.py for the rest):
+    checkpoints/<step>/      state (trainable params, optimizer state, step, PRNG key, divergence flag) + meta
+    best/<step>/             the trainable params of the best dev score + meta
+The guide is never saved: it is re-derived from the config and checked against the run's identity in meta.
+Orbax writes each step to a temporary folder and renames it when complete, so a kill never leaves half a
+save; temporary folders left by a kill are removed when the folder is next opened for writing.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger(__name__)
 STATE, BEST = "checkpoints", "best"
 
 
-def is_workdir(path: Path) -> bool:
-    """Whether a folder is a training workdir (it holds checkpoints/)."""
-    return (Path(path) / STATE).is_dir()
-
-
-def _abstract(tree: Any) -> Any:
+def abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of a pytree (concrete or already abstract): Orbax's restore target."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
                         tree)
 
 
-class Checkpoints:
-    """The workdir's two Orbax CheckpointManagers: periodic state (keeps `keep`) and best params (keeps 1)."""
+def set_aside(path: Path) -> Path:
+    """Renames a damaged checkpoint folder out of Orbax's view (never deletes what a user may want back)."""
+    target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(target)
+    return target
 
-    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True):
-        workdir = Path(workdir).absolute()
-        opts = {"create": True, "enable_async_checkpointing": async_save}
-        self.state = ocp.CheckpointManager(workdir / STATE, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, **opts))
-        self.best = ocp.CheckpointManager(workdir / BEST, options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+
+def _manager(folder: Path, keep: int, writable: bool, async_save: bool = True) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=writable, read_only=not writable,
+        cleanup_tmp_directories=writable, enable_async_checkpointing=async_save))
+
+
+def _restore_newest(mngr: ocp.CheckpointManager, args: Any, what: str,
+                    steps: list[int] | None = None) -> tuple[int, Any] | None:
+    """(step, restored) of the newest step that restores; each one that fails is reported and set aside."""
+    for step in sorted(mngr.all_steps() if steps is None else steps, reverse=True):
+        try:
+            return step, mngr.restore(step, args=args)
+        except Exception as e:  # TensorStore, JSON and missing-file errors all mean the same here: damaged
+            if jax.process_index() == 0:
+                moved = set_aside(Path(mngr.directory) / str(step))
+                log.warning("%s %s/%d does not restore (%s: %s); set aside as %s, trying the next older one",
+                            what, Path(mngr.directory), step, type(e).__name__, str(e).splitlines()[0][:200],
+                            moved.name)
+            mngr.reload()
+    return None
+
+
+class Checkpoints:
+    """A run folder's two Orbax CheckpointManagers: periodic state (the newest `keep`) and best params (1)."""
+
+    def __init__(self, workdir: str | Path, keep: int = 2, async_save: bool = True, writable: bool = True):
+        workdir = Path(workdir).absolute()  # Orbax needs absolute paths
+        self.state = _manager(workdir / STATE, keep, writable, async_save)
+        self.best = _manager(workdir / BEST, 1, writable, async_save)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Saves the full train state and its metadata at `step`."""
+        """Saves the full train state and its metadata at `step` (asynchronously)."""
         self.state.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                       meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -55,20 +81,15 @@ class Checkpoints:
         return self.state.latest_step()
 
     def restore(self, like: Any) -> tuple[Any, dict[str, Any]] | None:
-        """(state, meta) of the newest periodic save, laid out like `like` (shapes, dtypes, shardings), or None."""
-        step = self.state.latest_step()
-        if step is None:
-            return None
-        out = self.state.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like)),
-                                                               meta=ocp.args.JsonRestore()))
-        return out["state"], out["meta"]
+        """(state, meta) of the newest periodic save that restores, laid out like `like`; None when none does."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore())
+        found = _restore_newest(self.state, args, "checkpoint")
+        return None if found is None else (found[1]["state"], found[1]["meta"])
 
     def read_meta(self) -> dict[str, Any] | None:
-        """The metadata of the newest periodic save (no arrays read)."""
-        step = self.state.latest_step()
-        if step is None:
-            return None
-        return self.state.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        """The metadata of the newest periodic save whose metadata reads (no arrays read)."""
+        found = _restore_newest(self.state, ocp.args.Composite(meta=ocp.args.JsonRestore()), "checkpoint")
+        return None if found is None else found[1]["meta"]
 
     def wait(self) -> None:
         """Blocks until pending async saves are on disk."""
@@ -81,62 +102,30 @@ class Checkpoints:
         self.best.close()
 
 
-def resolve_checkpoint(path: str | Path) -> tuple[Path, str | None, int | None]:
-    """A workdir, or one checkpoint folder in it (<workdir>/best/<step>, <workdir>/checkpoints/<step>) ->
-    (workdir, which, step); which and step are None for a plain workdir."""
-    path = Path(path).expanduser()
-    if path.name.isdigit() and path.parent.name in (BEST, STATE) and is_workdir(path.parent.parent):
-        return path.parent.parent, "best" if path.parent.name == BEST else "latest", int(path.name)
-    if not is_workdir(path) and any(path.glob("seed_*/checkpoints")):
-        raise FileNotFoundError(f"{path}: a multi-seed workdir; name one seed: {path}/seed_<N>")
-    return path, None, None
+def has_checkpoints(workdir: str | Path) -> bool:
+    """Whether a folder holds a training run's checkpoints/ folder."""
+    return (Path(workdir) / STATE).is_dir()
 
 
-def restore_params(workdir: str | Path, like: Any, which: str = "best",
-                   step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Trainable params of a workdir's best (or latest, or given-step) checkpoint, laid out like `like`."""
-    workdir = Path(workdir).absolute()
+def restore(workdir: str | Path, which: str, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
+    """The stored tree (the state for 'latest', the params for 'best') and its meta, laid out like `like`.
+
+    With `step`, exactly that checkpoint; without, the newest that restores. None when there is none.
+    """
     if which not in ("best", "latest"):
         raise ValueError(f"which={which!r}: choose 'best' or 'latest'")
-    sub = BEST if which == "best" else STATE
-    mngr = ocp.CheckpointManager(workdir / sub, options=ocp.CheckpointManagerOptions(create=False))
-    if step is not None and step not in mngr.all_steps():
-        raise FileNotFoundError(f"{workdir}: no checkpoint {sub}/{step} (have {sorted(mngr.all_steps())})")
-    step = mngr.latest_step() if step is None else step
-    if step is None and which == "best":  # no dev evaluation happened: the latest state is all there is
+    sub, item = (BEST, "params") if which == "best" else (STATE, "state")
+    folder = Path(workdir).absolute() / sub
+    if not folder.is_dir():
+        return None
+    mngr = _manager(folder, 1, writable=False)
+    try:
+        if step is not None and step not in mngr.all_steps():
+            raise FileNotFoundError(f"{workdir}: no checkpoint {sub}/{step} (have {sorted(mngr.all_steps())})")
+        args = ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract(like)), "meta": ocp.args.JsonRestore()})
+        found = _restore_newest(mngr, args, f"{which} checkpoint", None if step is None else [step])
+    finally:
         mngr.close()
-        return restore_params(workdir, like, "latest")
-    if step is None:
-        raise FileNotFoundError(f"{workdir}: no checkpoint in {sub}/ (has training run here?)")
-    if which == "best":
-        out = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(like)),
-                                                         meta=ocp.args.JsonRestore()))
-        params, meta = out["params"], out["meta"]
-    else:
-        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
-        params = state["params"]
-    mngr.close()
-    return params, {**meta, "checkpoint": f"{sub}/{step}"}
-
-
-def load_trained_bert(workdir: str | Path, which: str = "best", step: int | None = None) -> tuple[Any, Any]:
-    """(the guide's Pretrained, BERT_T's full params) of a training workdir, the guide fingerprint checked."""
-    from sgcl_jax.model import init_trainable, trained_bert
-    from sgcl_jax.trainer import load_guide, model_spec
-
-    workdir = Path(workdir)
-    cfg_file = workdir / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{workdir}: no config.json; not a training workdir")
-    config = json.loads(cfg_file.read_text())
-    pre = load_guide(config["model"])
-    spec = model_spec(config, pre.config)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        jax.eval_shape(lambda: init_trainable(spec, pre.params, jax.random.key(0))))
-    params, meta = restore_params(workdir, like, which, step)
-    if meta.get("guide_fingerprint") not in (None, pre.fingerprint()):
-        raise ValueError(f"{workdir}: the checkpoint was trained from a different guide than config.model "
-                         f"({meta['guide_fingerprint']} != {pre.fingerprint()})")
-    return pre, trained_bert(params, pre.params)
+    if found is None:
+        return None
+    return found[1][item], {**found[1]["meta"], "checkpoint": f"{sub}/{found[0]}"}

@@ -6,7 +6,9 @@ The batch of step t is a pure function of (seed, t): resuming at step t needs no
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,8 @@ def read_text_file(path: str | Path) -> tuple[list[str], int]:
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
-        except OSError as e:
-            raise ValueError(f"{path}: not a gzip file ({e})") from e
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{path}: not a readable gzip file ({type(e).__name__}: {e or 'truncated'})") from None
     sentences, bad = [], 0
     for i, line in enumerate(raw.split(b"\n"), start=1):
         try:
@@ -43,6 +45,8 @@ def read_text_file(path: str | Path) -> tuple[list[str], int]:
             sentences.append(text)
     if bad:
         log.warning("%s: skipped %d line(s) that are not UTF-8", path, bad)
+    if not sentences and bad:
+        raise ValueError(f"{path}: no training sentences: none of its {bad} non-blank line(s) is UTF-8 text")
     if not sentences:
         raise ValueError(f"{path}: no training sentences (the file is empty or blank)")
     return sentences, bad
@@ -51,8 +55,11 @@ def read_text_file(path: str | Path) -> tuple[list[str], int]:
 def read_tfds(name: str, split: str, feature: str, data_dir: str | None = None, limit: int = 0) -> list[str]:
     """This process's share of a TFDS split's text feature (tensorflow and tfds imported only here)."""
     import jax
-    import tensorflow_datasets as tfds
 
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(f"data.source='tfds' needs TensorFlow Datasets ({e}): pip install 'sgcl_jax[tfds]'") from None
     process_split = tfds.split_for_jax_process(split) if jax.process_count() > 1 else split
     ds = tfds.load(name, split=process_split, data_dir=data_dir or None)
     out = []
@@ -87,8 +94,6 @@ def load_sentences(cfg: Any) -> tuple[list[str], bool]:
     if cfg.source == "stsb":
         sentences, shared = stsb_training_sentences(cfg.data_dir or None, cfg.download), True
     elif cfg.source == "text":
-        if not cfg.files:
-            raise ValueError("data.files: give at least one text file for data.source='text'")
         sentences, shared = [], True
         for f in cfg.files:
             sentences += read_text_file(f)[0]
@@ -100,6 +105,14 @@ def load_sentences(cfg: Any) -> tuple[list[str], bool]:
     if cfg.max_sentences:
         sentences = sentences[: cfg.max_sentences]
     return sentences, shared
+
+
+def fingerprint(sentences: Sequence[str]) -> str:
+    """SHA-256 (16 hex digits) of the training sentences in order: a resume must see the same text."""
+    h = hashlib.sha256()
+    for s in sentences:
+        h.update(s.encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()[:16]
 
 
 def test_set_overlap(sentences: Sequence[str], data_dir: str | None = None) -> dict[str, int]:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgcl_jax.bert import BertConfig, BertEncoder
+from sgcl_jax.bert import BertConfig, Bert
 
 BUNDLED = "minilm"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -96,8 +96,8 @@ def _normalise_key(key: str) -> str:
 
 
 def param_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """The flat param paths and shapes of `BertEncoder(config)`, without allocating them."""
-    model = BertEncoder(config)
+    """The flat param paths and shapes of `Bert(config)`, without allocating them."""
+    model = Bert(config)
     ids = jnp.zeros((1, 8), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids)))["params"]
     return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
@@ -213,7 +213,7 @@ def load_pretrained(name_or_path: str = BUNDLED) -> Pretrained:
 def random_pretrained(config: BertConfig, seed: int, tokenizer_from: str = BUNDLED) -> Pretrained:
     """A randomly initialised BERT (HF's init: N(0, initializer_range), LayerNorm 1/0) with a real tokenizer."""
     ids = jnp.zeros((1, 8), jnp.int32)
-    params = jax.device_get(BertEncoder(config).init(jax.random.key(seed), ids, jnp.ones_like(ids))["params"])
+    params = jax.device_get(Bert(config).init(jax.random.key(seed), ids, jnp.ones_like(ids))["params"])
     return Pretrained(config, params, load_tokenizer(resolve(tokenizer_from)), None, f"random(seed={seed})")
 
 

@@ -43,6 +43,14 @@ def make_mesh(data: int = -1, model: int = 1) -> Mesh:
     return Mesh(np.asarray(jax.devices()).reshape(data, model), (DATA, MODEL))
 
 
+def log_mesh(mesh: Mesh, global_batch: int) -> None:
+    """Logs the mesh once at start: devices, processes and the per-device batch."""
+    n = mesh.shape[DATA]
+    log.info("mesh %s over %d %s device(s) in %d process(es); global batch %d = %d per data-parallel device",
+             dict(mesh.shape), mesh.devices.size, jax.devices()[0].platform, jax.process_count(), global_batch,
+             global_batch // n)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds the whole array (params, optimizer state, guide)."""
     return NamedSharding(mesh, PartitionSpec())

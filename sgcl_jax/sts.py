@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from sgcl_jax.files import staged_dir
+from sgcl_jax.tasks import STS17_TRACKS, STS_TASKS
 
 SUBSETS = {
     "STS12": ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"),
@@ -21,8 +22,10 @@ SUBSETS = {
     "STS15": ("answers-forums", "answers-students", "belief", "headlines", "images"),
     "STS16": ("answer-answer", "headlines", "plagiarism", "postediting", "question-question"),
 }
-TASKS = (*SUBSETS, "STSB", "SICKR")
+TASKS = STS_TASKS
 FOLDERS = {**{t: f"{t}-en-test" for t in SUBSETS}, "STSB": "STSBenchmark", "SICKR": "SICK"}
+STS17_FOLDER = "STS17-multilingual"
+GOLD_RANGE = (0.0, 5.0)  # STS gold scores; SICK's relatedness is 1..5
 
 # Public releases (SentEval's sources). Override the lot with SGCL_STS_MIRROR=<base url>: each file is then
 # fetched from <base>/<its file name>.
@@ -82,11 +85,15 @@ def _lines(path: Path) -> list[str]:
     return [x.rstrip("\r") for x in lines]
 
 
-def _float(value: str, path: Path, line: int) -> float:
+def _score(value: str, path: Path, line: int, lo: float = GOLD_RANGE[0], hi: float = GOLD_RANGE[1]) -> float:
+    """A gold score: a finite number in the task's range (a nan would turn the whole task into nan)."""
     try:
-        return float(value)
+        x = float(value)
     except ValueError:
         raise ValueError(f"{path}:{line}: expected a score, got {value!r}") from None
+    if not (np.isfinite(x) and lo - 1e-6 <= x <= hi + 1e-6):
+        raise ValueError(f"{path}:{line}: gold score {value!r} is not a finite number in [{lo:g}, {hi:g}]")
+    return x
 
 
 def read_semeval_subset(folder: Path, year: str, subset: str) -> Subset:
@@ -98,9 +105,17 @@ def read_semeval_subset(folder: Path, year: str, subset: str) -> Subset:
             break
     else:
         raise MissingData(f"{folder}: no {stems[0].format('input')} / {stems[0].format('gs')} pair")
+    return read_pair_files(inp, gs, subset)
+
+
+def read_pair_files(inp: Path, gs: Path, name: str) -> Subset:
+    """An STS input file (sentence1<TAB>sentence2[<TAB>...]) and its gold file, line by line; blank gold = unscored.
+
+    The gold file's last line may lack its newline. Differing line counts are an error naming both files.
+    """
     pairs, golds = _lines(inp), _lines(gs)
     if len(pairs) != len(golds):
-        raise ValueError(f"{inp}: {len(pairs)} lines but {gs} has {len(golds)}")
+        raise ValueError(f"{inp} has {len(pairs)} lines but {gs} has {len(golds)}: they must pair line by line")
     s1, s2, gold = [], [], []
     for i, (pair, g) in enumerate(zip(pairs, golds, strict=True), start=1):
         if not g.strip():
@@ -110,8 +125,8 @@ def read_semeval_subset(folder: Path, year: str, subset: str) -> Subset:
             raise ValueError(f"{inp}:{i}: expected two tab-separated sentences, found {len(cols)} column(s)")
         s1.append(cols[0])
         s2.append(cols[1])
-        gold.append(_float(g.strip(), gs, i))
-    return Subset(subset, s1, s2, np.asarray(gold, np.float64))
+        gold.append(_score(g.strip(), gs, i))
+    return Subset(name, s1, s2, np.asarray(gold, np.float64))
 
 
 def _read_table(path: Path, header: list[str] | None, min_cols: int) -> list[tuple[int, list[str]]]:
@@ -157,7 +172,7 @@ def read_stsb(folder: Path, split: str = "test") -> Subset:
     else:
         raise MissingData(f"{folder}: neither stsbenchmark.tsv.gz nor sts-{split}.csv")
     return Subset(split, [c[s1_col] for _, c in rows], [c[s1_col + 1] for _, c in rows],
-                  np.asarray([_float(c[score_col], path, i) for i, c in rows], np.float64))
+                  np.asarray([_score(c[score_col], path, i) for i, c in rows], np.float64))
 
 
 SICK_HEADER = ["pair_ID", "sentence_A", "sentence_B", "relatedness_score"]
@@ -170,17 +185,50 @@ def read_sick(folder: Path, split: str = "test") -> Subset:
         raise MissingData(f"{path}: not found")
     rows = _read_table(path, SICK_HEADER, 4)
     return Subset(split, [c[1] for _, c in rows], [c[2] for _, c in rows],
-                  np.asarray([_float(c[3], path, i) for i, c in rows], np.float64))
+                  np.asarray([_score(c[3], path, i, 1.0, 5.0) for i, c in rows], np.float64))
 
 
 def read_task(task: str, data_dir: str | os.PathLike | None = None) -> list[Subset]:
-    """A task's scored subsets (one subset, 'test', for STSB and SICKR); MissingData when absent."""
+    """A task's scored subsets: a built-in STS set, an STS17 track, or a folder of STS files; MissingData if absent."""
+    if task in STS17_TRACKS:
+        return [read_sts17(task, default_data_dir(data_dir) / STS17_FOLDER)]
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {','.join(TASKS)}")
+        if Path(task).expanduser().is_dir():
+            return read_sts_folder(Path(task).expanduser())
+        raise ValueError(f"unknown STS task {task!r}; choose from {','.join(TASKS)}, an STS17 track or a folder")
     folder = default_data_dir(data_dir) / FOLDERS[task]
     if not folder.is_dir():
         raise MissingData(f"{folder}: not found")
     return read_folder(task, folder)
+
+
+def read_sts17(task: str, folder: Path) -> Subset:
+    """One SemEval-2017 track from the release's STS2017.eval.v1.1/ and STS2017.gs/ folders."""
+    stem = STS17_TRACKS[task]
+    inp = folder / "STS2017.eval.v1.1" / f"STS.input.{stem}.txt"
+    gs = folder / "STS2017.gs" / f"STS.gs.{stem}.txt"
+    if not (inp.exists() and gs.exists()):
+        raise MissingData(f"{folder}: no {inp.relative_to(folder)} / {gs.relative_to(folder)} pair")
+    if task == "STS17-tr-en":
+        n_in, n_gs = len(_lines(inp)), len(_lines(gs))
+        if n_in != n_gs:
+            raise ValueError(f"{inp} has {n_in} lines for the {n_gs} gold scores of {gs}, and the release does not "
+                             f"say which lines are scored: {task} is refused rather than guessed")
+    return read_pair_files(inp, gs, task)
+
+
+def read_sts_folder(folder: Path) -> list[Subset]:
+    """Every `STS.input.<name>.txt` (or 2016-style `*.input.<name>.txt`) with its gold file, as one task."""
+    subsets = []
+    for inp in sorted(folder.glob("*.input.*.txt")):
+        prefix, name = inp.name.split(".input.", 1)
+        gs = folder / f"{prefix}.gs.{name}"
+        if not gs.exists():
+            raise MissingData(f"{inp}: no gold file {gs.name} beside it")
+        subsets.append(read_pair_files(inp, gs, name[: -len(".txt")]))
+    if not subsets:
+        raise MissingData(f"{folder}: no STS.input.<name>.txt files")
+    return subsets
 
 
 def read_folder(task: str, folder: Path) -> list[Subset]:

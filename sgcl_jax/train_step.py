@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,15 @@ class OptimConfig:
     warmup_ratio: float = 0.1
     clip_norm: float = 1.0
 
+    def __post_init__(self) -> None:
+        checks = {"lr": self.lr > 0, "b1": 0 <= self.b1 < 1, "b2": 0 <= self.b2 < 1, "eps": self.eps > 0,
+                  "weight_decay": self.weight_decay >= 0, "warmup_ratio": 0 <= self.warmup_ratio <= 1,
+                  "clip_norm": self.clip_norm > 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"optim.{name}: {getattr(self, name)} is out of range "
+                                 "(lr, eps, clip_norm > 0; b1, b2 in [0, 1); warmup_ratio in [0, 1])")
+
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
@@ -39,7 +49,11 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         if self.name not in losses.OBJECTIVES:
-            raise ValueError(f"objective.name {self.name!r}: choose from {losses.OBJECTIVES}")
+            raise ValueError(f"objective.name: {self.name!r}: choose from {losses.OBJECTIVES}")
+        if not self.tau > 0:
+            raise ValueError(f"objective.tau: {self.tau}: must be > 0")
+        if not self.lam >= 0:
+            raise ValueError(f"objective.lam: {self.lam}: must be >= 0")
 
 
 @flax.struct.dataclass
@@ -50,11 +64,19 @@ class TrainState:
     params: Params
     opt_state: Any
     rng: jax.Array  # raw uint32 key data: plain arrays checkpoint everywhere
+    # The first step whose loss or gradient norm was not finite (-1: none). Kept on device, so divergence is
+    # caught without a host sync per step: the trainer reads it before every save and dev evaluation.
+    first_nonfinite: jax.Array
+
+
+def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
+    """ceil(warmup_ratio x total steps), as the released training.py counts them."""
+    return math.ceil(round(cfg.warmup_ratio * total_steps, 6))  # round: 0.1 * 1080 is 108.00000000000001
 
 
 def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """Linear warmup over the first warmup_ratio of the steps, then linear decay to 0 (HF's linear schedule)."""
-    warmup = int(cfg.warmup_ratio * total_steps)
+    warmup = warmup_steps(cfg, total_steps)
     decay = optax.linear_schedule(cfg.lr, 0.0, max(total_steps - warmup, 1))
     if warmup == 0:
         return decay
@@ -80,7 +102,7 @@ def create_train_state(spec: ModelSpec, guide: Params, tx: optax.GradientTransfo
     init_key, run_key = jax.random.split(jax.random.key(seed))
     params = init_trainable(spec, guide, init_key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(run_key))
+                      rng=jax.random.key_data(run_key), first_nonfinite=jnp.full((), -1, jnp.int32))
 
 
 def step_rng(state: TrainState) -> jax.Array:
@@ -115,8 +137,12 @@ def train_step(state: TrainState, guide_params: Params, batch: dict[str, jax.Arr
     (loss, metrics), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    first_nonfinite = jnp.where((state.first_nonfinite < 0) & ~finite, state.step + 1, state.first_nonfinite)
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         first_nonfinite=first_nonfinite), metrics
 
 
 def jit_train_step(spec: ModelSpec, objective: ObjectiveConfig, optim: OptimConfig, total_steps: int,

@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 from transformers import BertConfig as HFBertConfig
 from transformers import BertModel
 
-from sgcl_jax.bert import BertEncoder
+from sgcl_jax.bert import Bert
 from sgcl_jax.model import DTYPES
 from sgcl_jax.pretrained import load_pretrained, resolve, state_dict_from_params
 from sgcl_jax.tokenization import tokenize
@@ -43,7 +43,7 @@ def _assert_parity(jax_hidden, torch_hidden, mask, tol=1e-4):
 def test_minilm_matches_transformers(minilm):
     batch = tokenize(minilm.tokenizer, SENTENCES, max_length=128)
     assert batch["attention_mask"][2].sum() == 128 and batch["attention_mask"][1].sum() == 2
-    ours = BertEncoder(minilm.config).apply({"params": minilm.params}, batch["input_ids"], batch["attention_mask"],
+    ours = Bert(minilm.config).apply({"params": minilm.params}, batch["input_ids"], batch["attention_mask"],
                                             batch["token_type_ids"])
     ref = BertModel.from_pretrained(str(resolve("minilm"))).eval()
     _assert_parity(ours, _torch_hidden(ref, batch), batch["attention_mask"])
@@ -54,7 +54,7 @@ def test_random_tiny_bert_with_token_types(tiny):
     batch = tokenize(tiny.tokenizer, SENTENCES, max_length=64)
     rng = np.random.default_rng(0)
     batch["token_type_ids"] = (rng.random(batch["input_ids"].shape) > 0.5).astype(np.int32)
-    ours = BertEncoder(tiny.config).apply({"params": tiny.params}, batch["input_ids"], batch["attention_mask"],
+    ours = Bert(tiny.config).apply({"params": tiny.params}, batch["input_ids"], batch["attention_mask"],
                                           batch["token_type_ids"])
     ref = BertModel(HFBertConfig(**tiny.config.to_hf_dict()), add_pooling_layer=False).eval()
     sd = {k: torch.from_numpy(v) for k, v in state_dict_from_params(tiny.params).items()}
@@ -64,7 +64,7 @@ def test_random_tiny_bert_with_token_types(tiny):
 
 def test_bf16_cls_close_to_fp32(minilm):
     batch = tokenize(minilm.tokenizer, SENTENCES, max_length=128)
-    outs = [BertEncoder(minilm.config, DTYPES[d]).apply({"params": minilm.params}, batch["input_ids"],
+    outs = [Bert(minilm.config, DTYPES[d]).apply({"params": minilm.params}, batch["input_ids"],
                                                         batch["attention_mask"])[-1][:, 0].astype(np.float32)
             for d in ("float32", "bfloat16")]
     a, b = (np.asarray(o) for o in outs)
@@ -138,8 +138,8 @@ def test_cls_only_last_layer_equals_full(minilm):
     """The fast path used for [CLS] pooling (last layer computed for position 0 only) changes nothing."""
     batch = tokenize(minilm.tokenizer, SENTENCES, max_length=128)
     args = ({"params": minilm.params}, batch["input_ids"], batch["attention_mask"])
-    full = BertEncoder(minilm.config).apply(*args)
-    fast = BertEncoder(minilm.config, cls_only=True).apply(*args)
+    full = Bert(minilm.config).apply(*args)
+    fast = Bert(minilm.config, cls_only=True).apply(*args)
     assert fast[-1].shape[1] == 1
     np.testing.assert_allclose(np.asarray(fast[-1][:, 0]), np.asarray(full[-1][:, 0]), atol=1e-5)
     for a, b in zip(full[:-1], fast[:-1], strict=True):
