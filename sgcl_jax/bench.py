@@ -127,80 +127,65 @@ def bench_jax(cfg: BertConfig, batches: list[dict[str, np.ndarray]], dtype: str,
 
 def bench_torch(cfg: BertConfig, batches: list[dict[str, np.ndarray]], dtype: str, head_dim: int,
                 warmup: int) -> dict[str, Any]:
-    """The released code's step, ported faithfully to modern PyTorch eager (two BertModels, Python-loop
-    regulariser, clip_grad_norm_, AdamW, linear schedule); bf16 through autocast."""
+    """Times `torch_reference.ReleasedStep`, the port of the released step that the oracle test checks (bf16 through
+    autocast), on the same batches and schedule as the JAX step."""
     import torch
-    from transformers import BertConfig as HFConfig
-    from transformers import BertModel
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    hf = HFConfig(**cfg.to_hf_dict())
-    torch.manual_seed(0)
-    bert_f = BertModel(hf, add_pooling_layer=False).to(dev)
-    bert_t = BertModel(hf, add_pooling_layer=False).to(dev)
-    bert_t.load_state_dict(bert_f.state_dict())
-    for p in bert_f.parameters():
-        p.requires_grad = False
-    for p in bert_t.embeddings.parameters():
-        p.requires_grad = False
-    d = cfg.hidden_size
-    head = torch.nn.Sequential(torch.nn.Linear(d, head_dim), torch.nn.GELU(), torch.nn.Linear(head_dim, head_dim),
-                               torch.nn.GELU()).to(dev)
-    params = [(n, p) for n, p in [*bert_t.named_parameters(), *head.named_parameters()] if p.requires_grad]
-    no_decay = ("bias", "LayerNorm.weight")
-    opt = torch.optim.AdamW([
-        {"params": [p for n, p in params if not any(x in n for x in no_decay)], "weight_decay": 0.01},
-        {"params": [p for n, p in params if any(x in n for x in no_decay)], "weight_decay": 0.0}],
-        lr=5e-5, betas=(0.9, 0.9), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / 100, max(0.0, (1000 - s) / 900)))
-    bert_f.train()
-    bert_t.train()
-    tau, lam = 0.01, 0.1
-    tb = [{k: torch.from_numpy(v).long().to(dev) for k, v in b.items()} for b in batches]
+    from sgcl_jax.torch_reference import ReleasedStep
 
-    def step(batch):
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            with torch.no_grad():
-                hs = bert_f(**batch, output_hidden_states=True).hidden_states
-                m = batch["attention_mask"].unsqueeze(-1).float()
-                h = torch.stack([(x * m).sum(1) / m.sum(1) for x in hs], 1)  # (b, L+1, d) mean-pooled views
-            c = bert_t(**batch).last_hidden_state[:, 0]
-            fc, fh = head(c), head(h)
-        fc, fh = torch.nn.functional.normalize(fc.float(), dim=-1), torch.nn.functional.normalize(fh.float(), dim=-1)
-        b, k = fh.shape[:2]
-        logits = torch.einsum("id,mkd->imk", fc, fh) / tau
-        own = torch.eye(b, dtype=torch.bool, device=dev)[:, :, None]
-        pos = logits[torch.arange(b), torch.arange(b)]
-        neg = torch.logsumexp(logits.masked_fill(own, float("-inf")).reshape(b, -1), dim=1)
-        loss = (torch.logaddexp(pos, neg[:, None]) - pos).mean()
-        reg = 0.0
-        for (_, pt), (_, pf) in zip(bert_t.named_parameters(), bert_f.named_parameters(), strict=True):
-            reg = reg + torch.sum((pt - pf) ** 2)
-        loss = loss + lam * reg
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-        opt.step()
-        sched.step()
-        return loss
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    for b in tb[: max(warmup, 1)]:
-        step(b)
-    sync()
-    if dev.type == "cuda":
+    ref = ReleasedStep(cfg, head_dim=head_dim, total_steps=1000, dtype=dtype)
+    on_device = [ref.to_device(b) for b in batches]
+    for b in on_device[: max(warmup, 1)]:
+        ref.step(b)
+    ref.synchronize()
+    if ref.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    for b in tb:
-        loss = step(b)
-    sync()
+    for b in on_device:
+        out = ref.step(b)
+    ref.synchronize()
     seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
-    return {"seconds": seconds, "peak_memory_gib": peak, "loss": loss.item(), "device": str(dev),
+    peak = torch.cuda.max_memory_allocated() / 2**30 if ref.device.type == "cuda" else None
+    return {"seconds": seconds, "peak_memory_gib": peak, "loss": float(out["loss"]), "device": str(ref.device),
             "torch_threads": torch.get_num_threads()}
+
+
+def bench_pipeline(batch: int, steps: int, max_length: int, tokenizer: str, data_dir: str | None) -> dict[str, Any]:
+    """The host side of training alone, pinned to one core: draw, tokenise, bucket-pad, assemble the global batch.
+
+    An accelerator step rate is only reachable if this keeps up with it (sentences/s here >= the step's).
+    """
+    import os
+
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the fast tokenizer's thread pool: one core, one thread
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        return _time_pipeline(batch, steps, max_length, tokenizer, data_dir)
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+def _time_pipeline(batch: int, steps: int, max_length: int, tokenizer: str, data_dir: str | None) -> dict[str, Any]:
+    from sgcl_jax import data, sharding, sts
+    from sgcl_jax.pretrained import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve(tokenizer))
+    try:
+        sentences = sts.stsb_sentences(data_dir)
+    except (sts.MissingData, FileNotFoundError):
+        sentences = [f"a synthetic sentence number {i} " + "word " * (i % 30) for i in range(20000)]
+    batches = data.Batches(sentences, tok, batch, 0, max_length, buckets_for(max_length))
+    mesh = sharding.make_mesh()
+    target = sharding.batch_sharding(mesh)
+    jax.block_until_ready(sharding.global_batch(batches(0), target))  # warm-up (tokenizer, transfer paths)
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        out = sharding.global_batch(batches(step), target)
+    jax.block_until_ready(out)
+    seconds = time.perf_counter() - t0
+    return {"batch": batch, "steps": steps, "seconds": seconds, "sentences_per_s": batch * steps / seconds,
+            "cores": 1, "sentences": len(sentences)}
 
 
 def run(model: str, dtype: str, batch: int, steps: int, lengths: str, with_torch: bool, remat: bool = False,
@@ -285,19 +270,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The CLI."""
     ap = argparse.ArgumentParser(prog="python -m sgcl_jax.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="minilm", help=f"comma-separated: {','.join(SHAPES)}")
-    ap.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16")
-    ap.add_argument("--batch", default="16", help="comma-separated batch sizes")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per row")
-    ap.add_argument("--lengths", default="stsb", help="'stsb' (sampled STS-B lengths) or a fixed token count")
-    ap.add_argument("--torch", action="store_true", help="also time the PyTorch eager baseline")
-    ap.add_argument("--remat", action="store_true")
-    ap.add_argument("--head-dim", type=int, default=4096)
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--tokenizer", default="minilm", help="tokenizer folder for the STS-B lengths")
+    ap.add_argument("--model", default="minilm", help=f"comma-separated: {','.join(SHAPES)} (default: %(default)s)")
+    ap.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16 (default: %(default)s)")
+    ap.add_argument("--batch", default="16", help="comma-separated batch sizes (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per row (default: %(default)s)")
+    ap.add_argument("--lengths", default="stsb", help="'stsb' (sampled STS-B lengths) or a fixed token count (default: %(default)s)")
+    ap.add_argument("--torch", action="store_true", help="also time the PyTorch port of the released step (torch_reference)")
+    ap.add_argument("--remat", action="store_true", help="rematerialise BERT_T's layers (large batches)")
+    ap.add_argument("--head-dim", type=int, default=4096, help="projection head width (default: %(default)s)")
+    ap.add_argument("--data-dir", default=None, help="STS data folder (default: $SGCL_DATA_DIR)")
+    ap.add_argument("--tokenizer", default="minilm",
+                    help="tokenizer name or folder for the STS-B lengths (default: %(default)s)")
     ap.add_argument("--eval", action="store_true", help="time encoding all STS tasks instead of the train step")
-    ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="time the host input pipeline alone (tokenise, pad, assemble) on one core")
+    ap.add_argument("--json", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
+    if args.pipeline:
+        rows = [bench_pipeline(int(b), args.steps, 128, args.tokenizer, args.data_dir) for b in args.batch.split(",")]
+        for r in rows:
+            print(f"host pipeline, batch {r['batch']}: {r['sentences_per_s']:.0f} sentences/s on 1 core "
+                  f"({r['steps']} batches in {r['seconds']:.2f} s)")
+        if args.json:
+            from sgcl_jax.files import write_json
+
+            write_json(rows, args.json)
+        return 0
     if args.eval:
         rows = [bench_eval(m, d, args.data_dir, args.tokenizer) for m in args.model.split(",")
                 for d in args.dtype.split(",")]

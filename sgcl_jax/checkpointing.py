@@ -37,8 +37,10 @@ def set_aside(path: Path) -> Path:
 
 
 def _manager(folder: Path, keep: int, writable: bool, async_save: bool = True) -> ocp.CheckpointManager:
+    # A reading manager never saves, so its preservation policy never deletes; Orbax's read_only mode is not
+    # used because it warns on every open.
     return ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=writable, read_only=not writable,
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=writable,
         cleanup_tmp_directories=writable, enable_async_checkpointing=async_save))
 
 
@@ -73,6 +75,8 @@ class Checkpoints:
 
     def save_best(self, step: int, params: Any, meta: dict[str, Any]) -> None:
         """Replaces the best checkpoint with these trainable params."""
+        if step in self.best.all_steps():  # a resumed run reaching the same step again: replace it
+            self.best.delete(step)
         self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                      meta=ocp.args.JsonSave(meta)), force=True)
 

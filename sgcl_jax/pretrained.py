@@ -141,14 +141,18 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
     for fname in _WEIGHT_FILES:
         f = folder / fname
         if f.exists():
-            if fname.endswith(".safetensors"):
-                from safetensors.numpy import load_file
+            try:
+                if fname.endswith(".safetensors"):
+                    from safetensors.numpy import load_file
 
-                return load_file(str(f))
-            import torch  # only for legacy .bin checkpoints
+                    return load_file(str(f))
+                import torch  # only for legacy .bin checkpoints
 
-            sd = torch.load(str(f), map_location="cpu", weights_only=True)
-            return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+                sd = torch.load(str(f), map_location="cpu", weights_only=True)
+                return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+            except Exception as e:  # safetensors / torch raise their own types for truncated or corrupt files
+                raise ValueError(f"{f}: cannot read the weights ({type(e).__name__}: {e}); the file is truncated "
+                                 "or corrupt") from None
     raise FileNotFoundError(f"{folder}: no weights file (expected one of {', '.join(_WEIGHT_FILES)})")
 
 

@@ -233,6 +233,7 @@ class RunLock:
         if previous:
             log.warning("%s: taking over a stale lock (%s is gone)", self.path.parent, previous)
         os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         self.fd = fd

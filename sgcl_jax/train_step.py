@@ -145,10 +145,13 @@ def train_step(state: TrainState, guide_params: Params, batch: dict[str, jax.Arr
                          first_nonfinite=first_nonfinite), metrics
 
 
+@functools.lru_cache(maxsize=32)
 def jit_train_step(spec: ModelSpec, objective: ObjectiveConfig, optim: OptimConfig, total_steps: int,
                    state_sharding: Any = None, guide_sharding: Any = None, batch_sharding: Any = None
                    ) -> tuple[optax.GradientTransformation, Callable[..., tuple[TrainState, dict]]]:
     """(tx, jitted step(state, guide, batch)): `train_step` with the step's key derived in-graph from the state.
+
+    Cached on its (hashable) arguments, so runs of one configuration in a process share one compiled step.
 
     The state is donated, the guide never is. With shardings given (see sharding.py) the step is one program
     over global arrays: the batch is split on the mesh's data axis and the loss still sees every sentence of

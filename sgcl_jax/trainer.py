@@ -295,7 +295,7 @@ def _train_locked(cfg: Config, workdir: Path, guide_pre: Any, spec: ModelSpec, b
     elif run.best_step == 0:
         best, label = None, "step 0: the untrained model scored best on dev"
     else:
-        restored = checkpointing.restore(workdir, "best", state.params)
+        restored = checkpointing.restore(workdir, "best", state.params, run.best_step)
         best, label = restored[0], restored[1]["checkpoint"]
     results = score(best, f"best on dev, {label}")
     results["training"] = {"seed": cfg.seed, "best_step": run.best_step, "best_score": run.best_score,

@@ -1,4 +1,6 @@
-"""Shared fixtures: the bundled MiniLM, a tiny random BERT, and the STS data folder in ../shared."""
+"""Shared fixtures: the bundled MiniLM, a tiny random BERT, the tiny run config, the read-only data folders in
+../shared (skipped with the reason when absent; CI sets SGCL_REQUIRE_DATA=1 so that they fail instead), file
+fixtures in the released formats, and a local HTTP mirror."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import functools
 import http.server
 import os
 import shutil
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -15,10 +18,46 @@ import pytest
 from sgcl_jax.bert import BertConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("SGCL_DATA_DIR", ROOT.parent / "shared" / "data" / "sts")).resolve()
-
+SHARED = ROOT.parent / "shared" / "data"
 TINY = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=128)
+
+
+def _shared(env: str, default: Path, probe: str) -> Path:
+    """A data folder, or a skip (a failure when SGCL_REQUIRE_DATA is set) naming what is missing."""
+    folder = Path(os.environ.get(env) or default).resolve()
+    if not (folder / probe).exists():
+        message = f"{folder / probe} not found: set {env} to the folder (../shared/data in this workplace)"
+        if os.environ.get("SGCL_REQUIRE_DATA"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The checkout's root (train.py, configs/)."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The STS data folder ($SGCL_DATA_DIR, else ../shared/data/sts)."""
+    return _shared("SGCL_DATA_DIR", SHARED / "sts", "STSBenchmark")
+
+
+@pytest.fixture(scope="session")
+def senteval_dir() -> Path:
+    """The SentEval transfer data ($SGCL_SENTEVAL_DIR, else ../shared/data/senteval)."""
+    return _shared("SGCL_SENTEVAL_DIR", SHARED / "senteval", "MR")
+
+
+@pytest.fixture(scope="session")
+def nli_file() -> Path:
+    """The NLI sentences text ($SGCL_NLI_TEXT's folder, else ../shared/data/nli)."""
+    path = os.environ.get("SGCL_NLI_TEXT")
+    return _shared("SGCL_NLI_DIR", Path(path).parent if path else SHARED / "nli", "snli_sentences.txt") \
+        / "snli_sentences.txt"
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +77,80 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The STS data folder (../shared/data/sts); tests that need it fail loudly when it is absent."""
-    assert (DATA_DIR / "STSBenchmark").exists(), f"STS data not found at {DATA_DIR} (set SGCL_DATA_DIR)"
-    return DATA_DIR
+def tiny_config(data_dir):
+    """A factory: configs/tiny.py as a typed Config, progress off, with dotted overrides."""
+    sys.path.insert(0, str(ROOT))
+    from configs import tiny
+
+    from sgcl_jax.config import Config
+
+    base = Config.from_dict(tiny.get_config()).replace(**{"train.progress": False})
+
+    def make(**overrides):
+        return base.replace(**overrides)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def train_cmd(repo_root):
+    """A factory: the command line of a tiny training run into a folder."""
+
+    def make(workdir, *extra):
+        return [sys.executable, str(repo_root / "train.py"), "--config", str(repo_root / "configs/tiny.py"),
+                "--workdir", str(workdir), "--config.train.progress=False", *extra]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(data_dir):
+    """Environment for subprocesses: the data folder, CPU, a shared compilation cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    return {**env, "SGCL_DATA_DIR": str(data_dir), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+
+
+def write_file(path: Path, text: str | bytes, encoding: str = "utf-8") -> Path:
+    """Writes text (or bytes), creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write():
+    """A helper to write fixture files: write(path, text_or_bytes, encoding='utf-8')."""
+    return write_file
+
+
+@pytest.fixture(scope="session")
+def make_sts16():
+    """A factory: STS16 in the official 2016 naming, with unscored pairs and extra columns, under a root folder."""
+
+    def make(root: Path, subsets: tuple[str, ...] | None = None) -> Path:
+        from sgcl_jax import sts
+
+        for k, sub in enumerate(subsets or sts.SUBSETS["STS16"]):
+            pairs = [f"sentence {k} {i} a\tsentence {k} {i} b\textra-col\tmore" for i in range(6)]
+            gold = ["", "4.0", "3", "", "1.5", "0"]
+            write_file(root / "STS16-en-test" / f"STS2016.input.{sub}.txt", "\n".join(pairs) + "\n")
+            write_file(root / "STS16-en-test" / f"STS2016.gs.{sub}.txt", "\n".join(gold) + "\n")
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_sick():
+    """A factory: SICK-R's test file (header, quotes in sentences) under a root folder."""
+
+    def make(root: Path) -> Path:
+        header = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
+        rows = [f"{i}\tA \"quoted\" man {i}\tA woman {i}\t{1 + i % 5}.0\tNEUTRAL" for i in range(7)]
+        write_file(root / "SICK" / "SICK_test_annotated.txt", header + "\n".join(rows) + "\n")
+        return root
+
+    return make
 
 
 @pytest.fixture()

@@ -13,12 +13,14 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sgcl_jax import losses, sharding
+from sgcl_jax.bert import BertConfig
 from sgcl_jax.model import ModelSpec, forward, init_trainable
 from sgcl_jax.pretrained import random_pretrained
 from sgcl_jax.tokenization import tokenize
 from sgcl_jax.train_step import ObjectiveConfig, OptimConfig, create_train_state, jit_train_step, loss_fn, step_rng
-from tests.conftest import TINY
 
+TINY = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=128)
 SENTENCES = [f"sentence {i} about " + "things " * (i % 7) for i in range(16)]
 
 

@@ -29,3 +29,8 @@ def test_harness_runs_with_torch_baseline(tmp_path, data_dir, capsys):
     assert row["jax"]["compile_seconds"] > 0 and row["speedup"] > 0
     assert 16 <= row["mean_padded_length"] <= 128  # STS-B lengths, padded to the trainer's buckets
     assert "speedup" in capsys.readouterr().out
+
+
+def test_pipeline_bench_reports_host_rate(data_dir, capsys):
+    rows = bench.bench_pipeline(16, 5, 128, "minilm", str(data_dir))
+    assert rows["sentences_per_s"] > 0 and rows["cores"] == 1

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from sgcl_jax import evaluate as ev
-from sgcl_jax.encoder import Encoder
-from tests.test_sts import make_sick, make_sts16
+from sgcl_jax.encoder import SentenceEncoder
 
 
 def _ranks(x):
@@ -47,15 +46,16 @@ def test_aggregations_differ_and_match_definitions():
 
 
 def test_minilm_cls_gate(minilm, data_dir):
-    enc = Encoder(minilm.config, minilm.params, minilm.tokenizer, pooling="cls")
-    res = ev.evaluate(enc, ["STSB"], data_dir)
+    enc = SentenceEncoder(minilm.config, minilm.params, minilm.tokenizer, pooling="cls")
+    res = ev.evaluate(enc, ["STSB"], ev.Settings(data_dir=str(data_dir)))
     assert res["tasks"]["STSB"]["n"] == 1379
     assert res["tasks"]["STSB"]["score"] == pytest.approx(73.50, abs=0.05)
     assert res["protocol"]["pooling"] == "cls" and res["protocol"]["aggregation_sts12_16"] == "all"
+    assert res["average"] == {"score": res["tasks"]["STSB"]["score"], "tasks": ["STSB"], "complete": True, "of": 1}
 
 
 @pytest.fixture()
-def mixed_data(tmp_path, data_dir):
+def mixed_data(tmp_path, data_dir, make_sts16, make_sick):
     """STS-B from ../shared plus STS16 and SICK-R fixtures in one data folder."""
     (tmp_path / "STSBenchmark").symlink_to(data_dir / "STSBenchmark")
     make_sts16(tmp_path)
@@ -74,14 +74,16 @@ def test_cli_mean_gate_and_json_shape(mixed_data, tmp_path, capsys):
     assert res["tasks"]["STS16"]["n"] == 20 and res["tasks"]["SICKR"]["n"] == 7
     assert set(res["tasks"]["STS16"]["subsets"]) == set(ev.sts.SUBSETS["STS16"])
     assert "STS12" in res["missing"]
-    assert res["average"] == pytest.approx(np.mean([t["score"] for t in res["tasks"].values()]))
+    assert res["average"]["score"] == pytest.approx(np.mean([t["score"] for t in res["tasks"].values()]))
+    assert res["average"]["tasks"] == ["STSB", "STS16", "SICKR"] and res["average"]["complete"] is False
+    assert all(t["metric"] == "spearman" for t in res["tasks"].values())
     printed = capsys.readouterr().out
-    assert "protocol:" in printed and "metric=spearman" in printed and "pooling=mean" in printed
-    assert "STS12" in printed and "missing" in printed
+    assert "protocol:" in printed and "sts_metric=spearman" in printed and "pooling=mean" in printed
+    assert "STS12" in printed and "missing" in printed and "average (sts) of 3 of 4" in printed
 
 
 def test_layer_grid_writes_table_and_png(minilm, data_dir, tmp_path):
-    enc = Encoder(minilm.config, minilm.params, minilm.tokenizer)
+    enc = SentenceEncoder(minilm.config, minilm.params, minilm.tokenizer)
     grid = ev.layer_grid(enc, data_dir)
     scores = np.array(grid["scores"])
     assert scores.shape == (minilm.config.num_hidden_layers + 1, 3)

@@ -1,7 +1,11 @@
-"""Export: a trained tiny model in both formats loaded in transformers and sentence-transformers, the round
-trip from the bundled MiniLM, refusals, and the user-facing load_encoder API."""
+"""Export: a trained tiny model in both formats loaded in transformers and sentence-transformers, the standard
+sentence-transformers files and card, permissions, the round trip from the bundled MiniLM, refusals, and the
+self-describing run (max length, dtype, pooling read from the run)."""
 
 from __future__ import annotations
+
+import json
+import stat
 
 import numpy as np
 import pytest
@@ -9,26 +13,30 @@ import torch
 from safetensors.numpy import load_file
 
 import sgcl_jax
-from sgcl_jax import export
-from sgcl_jax.pretrained import load_pretrained, resolve
-from tests.test_trainer import tiny_config
+from sgcl_jax import evaluate, export
+from sgcl_jax.model import load_guide
+from sgcl_jax.pretrained import flatten, load_pretrained, resolve
+from sgcl_jax.runs import read_config
 
-SENTENCES = ["A cat sleeps on the sofa.", "Stocks rallied today.", "", "a b c d e f g"]
+SENTENCES = ["A cat sleeps on the sofa.", "Stocks rallied today.", "", "a b c d e f g", " ".join(["word"] * 60)]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
+def trained(tmp_path_factory, tiny_config):
+    """A tiny run trained with max length 24, whose dev selection picks a trained step."""
     from sgcl_jax.trainer import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("run")
-    train_and_evaluate(tiny_config(**{"train.num_steps": 10, "train.eval_every": 5}), workdir)
+    train_and_evaluate(tiny_config(**{"train.num_steps": 10, "train.eval_every": 5, "model.max_length": 24,
+                                      "data.buckets": (16,), "optim.lr": 5e-5}), workdir)
     return workdir
 
 
 def test_export_both_formats_match_jax(trained, tmp_path):
     out = tmp_path / "export"
     assert export.main(["--checkpoint", str(trained), "--out", str(out), "--format", "both"]) == 0
-    enc = sgcl_jax.load_encoder(str(trained), max_length=32)
+    enc = sgcl_jax.load_encoder(str(trained))
+    assert enc.max_length == 24  # the run's own max length, not the default
     want = enc.encode(SENTENCES)
 
     from transformers import AutoModel, AutoTokenizer
@@ -36,55 +44,67 @@ def test_export_both_formats_match_jax(trained, tmp_path):
     model, info = AutoModel.from_pretrained(str(out), output_loading_info=True)
     assert not any(info.values()), info
     tok = AutoTokenizer.from_pretrained(str(out))
-    with torch.no_grad():
-        got = model.eval()(**tok(SENTENCES, padding=True, return_tensors="pt")).last_hidden_state[:, 0].numpy()
+    with torch.no_grad():  # plain truncation=True cuts where the JAX encoder cuts (the 60-word sentence)
+        got = model.eval()(**tok(SENTENCES, padding=True, truncation=True, return_tensors="pt")
+                           ).last_hidden_state[:, 0].numpy()
     assert np.abs(got - want).max() <= 1e-4
 
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(out), device="cpu")
+    st = SentenceTransformer(str(out), device="cpu", local_files_only=True)
     assert np.abs(st.encode(SENTENCES) - want).max() <= 1e-4
+    assert st.max_seq_length == 24 and st.similarity_fn_name == "cosine"
+    for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+                 "1_Pooling/config.json", "model.safetensors", "tokenizer.json", export.MARKER):
+        assert (out / name).exists(), name
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "cls"
     card = (out / "README.md").read_text()
-    assert "| STSB |" in card and "Protocol:" in card and "python -m sgcl_jax.export" in card
+    meta = card.split("---")[1]
+    assert "library_name: sentence-transformers" in meta and "pipeline_tag: sentence-similarity" in meta
+    assert "model-index" in meta and "spearman_cosine" in meta and "license: apache-2.0" in meta
+    assert "SentenceTransformer(" in card and "| STSB |" in card and "Protocol:" in card
+    assert str(trained) not in card and "/tmp" not in card  # no local paths
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644) for p in out.rglob("*"))
     # The exported model is the trained one, not the guide it started from.
-    guide = sgcl_jax.Encoder(enc.config, load_pretrained_guide(trained), enc.tokenizer, max_length=32)
-    assert np.abs(guide.encode(SENTENCES) - want).max() > 1e-3
+    guide = load_guide(read_config(trained).model)
+    assert np.abs(sgcl_jax.SentenceEncoder(guide.config, guide.params, guide.tokenizer, 24).encode(SENTENCES)
+                  - want).max() > 1e-3
 
     hf_only = tmp_path / "hf"
     assert export.main(["--checkpoint", str(trained), "--out", str(hf_only), "--format", "hf"]) == 0
     assert (hf_only / "model.safetensors").exists() and not (hf_only / "modules.json").exists()
 
 
-def load_pretrained_guide(workdir):
-    import json
-
-    from sgcl_jax.trainer import load_guide
-
-    return load_guide(json.loads((workdir / "config.json").read_text())["model"]).params
-
-
-def test_round_trip_minilm_bitwise(tmp_path):
+def test_the_bundled_model_card_names_its_hub_id(tmp_path):
     out = tmp_path / "minilm"
-    assert export.main(["--checkpoint", "minilm", "--out", str(out), "--format", "hf"]) == 0
+    assert export.main(["--checkpoint", "minilm", "--out", str(out), "--format", "both"]) == 0
+    meta = (out / "README.md").read_text().split("---")[1]
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in meta
     a, b = load_pretrained("minilm"), load_pretrained(str(out))
-    fa, fb = (dict(sgcl_jax.pretrained.flatten(p.params)) for p in (a, b))
-    assert fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
+    fa, fb = flatten(a.params), flatten(b.params)
+    assert fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)  # bitwise round trip
     src = load_file(str(resolve("minilm") / "model.safetensors"))
     dst = load_file(str(out / "model.safetensors"))
     assert np.array_equal(src["pooler.dense.weight"], dst["pooler.dense.weight"])
 
 
-def test_refusals(trained, tmp_path, monkeypatch, capsys):
-    empty_workdir = tmp_path / "w"
-    empty_workdir.mkdir()
-    (empty_workdir / "config.json").write_text("{}")
-    assert export.main(["--checkpoint", str(empty_workdir), "--out", str(tmp_path / "o1")]) == 1
-    assert "without checkpoints" in capsys.readouterr().err
+def test_evaluate_of_a_run_reproduces_its_results(trained, capsys):
+    saved = json.loads((trained / "results.json").read_text())
+    assert evaluate.main(["--model", str(trained), "--tasks", "STSB", "--out", str(trained.parent / "re.json")]) == 0
+    again = json.loads((trained.parent / "re.json").read_text())
+    assert again["tasks"]["STSB"]["score"] == saved["tasks"]["STSB"]["score"]
+    assert again["protocol"]["max_length"] == 24 == saved["protocol"]["max_length"]
+    # An explicit flag overrides the run's setting, and the override is visible in the protocol.
+    assert evaluate.main(["--model", str(trained), "--tasks", "STSB", "--max-length", "32"]) == 0
+    assert "max_length=32" in capsys.readouterr().out
 
+
+def test_refusals(trained, tmp_path, monkeypatch, capsys):
     seeds = tmp_path / "seeds"
     (seeds / "seed_1" / "checkpoints").mkdir(parents=True)
     assert export.main(["--checkpoint", str(seeds), "--out", str(tmp_path / "o2")]) == 1
-    assert "multi-seed workdir" in capsys.readouterr().err
+    assert "multi-seed run folder" in capsys.readouterr().err
 
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -106,30 +126,13 @@ def test_refusals(trained, tmp_path, monkeypatch, capsys):
     assert export.main(["--checkpoint", str(trained), "--out", str(tmp_path / "bad")]) == 1
     assert "export refused" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.staging-*"))
-    monkeypatch.undo()
-    assert export.main(["--checkpoint", str(trained), "--out", str(busy), "--overwrite"]) == 0
-    assert not (busy / "keep.txt").exists()
-
-
-def test_load_encoder_api():
-    enc = sgcl_jax.load_encoder("minilm")
-    v = enc.encode(SENTENCES, batch_size=2, normalize=True)
-    assert v.shape == (4, 384) and v.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
-    mean = enc.encode(SENTENCES[:2], pooling="mean")
-    assert not np.allclose(mean, enc.encode(SENTENCES[:2]))
 
 
 def test_export_one_checkpoint_folder(trained, tmp_path):
     (best,) = [p for p in (trained / "best").iterdir() if p.name.isdigit()]
     out = tmp_path / "from_best"
     assert export.main(["--checkpoint", str(best), "--out", str(out), "--format", "hf"]) == 0
-    from_workdir = sgcl_jax.load_encoder(str(trained), max_length=32).encode(SENTENCES)
-    assert np.abs(sgcl_jax.load_encoder(str(out), max_length=32).encode(SENTENCES) - from_workdir).max() <= 1e-5
+    from_run = sgcl_jax.load_encoder(str(trained)).encode(SENTENCES)
+    assert np.abs(sgcl_jax.load_encoder(str(out), max_length=24).encode(SENTENCES) - from_run).max() <= 1e-5
     latest = max((p for p in (trained / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    enc = sgcl_jax.load_encoder(str(latest), max_length=32)
-    assert enc.encode(SENTENCES).shape == (4, 32)
-    from sgcl_jax.checkpointing import restore_params
-
-    with pytest.raises(FileNotFoundError, match="no checkpoint checkpoints/9999"):
-        restore_params(trained, None, "latest", 9999)
+    assert sgcl_jax.load_encoder(str(latest)).encode(SENTENCES).shape == (5, 32)

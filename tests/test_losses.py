@@ -7,44 +7,9 @@ import pytest
 
 from sgcl_jax import losses
 
+from tests.oracles import np_opt1, np_opt2, np_sg, np_sg_opt, phi
+
 B, K, D, TAU = 5, 4, 8, 0.5
-
-
-def _phi(u, v, tau=TAU):
-    return np.exp(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v) / tau)
-
-
-def np_sg(c, h):
-    x = np.concatenate([c, h])
-    n = len(x)
-    out = []
-    for m in range(n):
-        partner = (m + B) % n
-        den = sum(_phi(x[m], x[j]) for j in range(n) if j != m)
-        out.append(-np.log(_phi(x[m], x[partner]) / den))
-    return np.mean(out)
-
-
-def np_opt1(c, h):
-    out = []
-    for i in range(B):
-        den = sum(_phi(c[i], c[j]) for j in range(B) if j != i) + sum(_phi(c[i], h[j]) for j in range(B))
-        out.append(-np.log(_phi(c[i], h[i]) / den))
-    return np.mean(out)
-
-
-def np_opt2(c, h):
-    return np.mean([-np.log(_phi(c[i], h[i]) / sum(_phi(c[i], h[j]) for j in range(B))) for i in range(B)])
-
-
-def np_sg_opt(c, h_all, tau=TAU):
-    out = []
-    for i in range(B):
-        neg = sum(_phi(c[i], h_all[m, n], tau) for m in range(B) if m != i for n in range(K))
-        for k in range(K):
-            pos = _phi(c[i], h_all[i, k], tau)
-            out.append(-np.log(pos / (pos + neg)))
-    return np.mean(out)
 
 
 @pytest.fixture()
@@ -58,13 +23,13 @@ def test_single_view_objectives(vectors, name, oracle):
     c, h_all = vectors
     h = h_all[:, 1]
     got = float(getattr(losses, name)(c.astype(np.float32), h.astype(np.float32), TAU))
-    np.testing.assert_allclose(got, oracle(c, h), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, oracle(c, h, TAU), rtol=1e-5, atol=1e-5)
 
 
 def test_sg_opt(vectors):
     c, h_all = vectors
     got = float(losses.sg_opt(c.astype(np.float32), h_all.astype(np.float32), TAU))
-    np.testing.assert_allclose(got, np_sg_opt(c, h_all), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, np_sg_opt(c, h_all, TAU), rtol=1e-5, atol=1e-5)
 
 
 def test_sg_opt_ignores_own_other_layer_views(vectors):
@@ -74,8 +39,8 @@ def test_sg_opt_ignores_own_other_layer_views(vectors):
     def with_own_views(c, h_all):
         out = []
         for i in range(B):
-            den = sum(_phi(c[i], h_all[m, n]) for m in range(B) for n in range(K))
-            out += [-np.log(_phi(c[i], h_all[i, k]) / den) for k in range(K)]
+            den = sum(phi(c[i], h_all[m, n], TAU) for m in range(B) for n in range(K))
+            out += [-np.log(phi(c[i], h_all[i, k], TAU) / den) for k in range(K)]
         return np.mean(out)
 
     got = float(losses.sg_opt(c.astype(np.float32), h_all.astype(np.float32), TAU))

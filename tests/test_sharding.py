@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -11,17 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
 
-
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    return {**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), **extra}
-
-
-def test_eight_devices_equal_one():
-    r = subprocess.run([sys.executable, "-m", "tests.sharding_worker"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+@pytest.mark.slow
+def test_eight_devices_equal_one(repo_root, subprocess_env):
+    env = {**subprocess_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    r = subprocess.run([sys.executable, "-m", "tests.sharding_worker"], cwd=repo_root, capture_output=True, text=True,
+                       timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(r.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(m["loss_8"], m["loss_1"], rtol=1e-5)
@@ -37,12 +31,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes(tmp_path, data_dir):
-    env = _env(SGCL_DATA_DIR=str(data_dir), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
-               JAX_NUM_PROCESSES="2")
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.py"), "--workdir",
-           str(tmp_path), "--config.train.progress=False", "--config.train.num_steps=4",
-           "--config.train.eval_every=2", "--config.train.checkpoint_every=4"]
+@pytest.mark.slow
+def test_two_processes(tmp_path, train_cmd, subprocess_env):
+    env = {**subprocess_env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+    cmd = train_cmd(tmp_path, "--config.train.num_steps=4", "--config.train.eval_every=2",
+                    "--config.train.checkpoint_every=4")
     procs = [subprocess.Popen(cmd, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     try:
@@ -53,6 +46,7 @@ def test_two_processes(tmp_path, data_dir):
         pytest.fail("the 2-process run hung")
     assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
     assert "process 0 of 2" in outs[0] and "process 1 of 2" in outs[1]
+    assert "mesh {'data': 2, 'model': 1} over 2 cpu device(s) in 2 process(es); global batch 8 = 4 per" in outs[0]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["4"]
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["training"]["step"] == 4 and np.isfinite(res["tasks"]["STSB"]["score"])

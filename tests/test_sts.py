@@ -25,27 +25,7 @@ def test_stsb_training_sentences(data_dir):
     assert len(sts.stsb_sentences(data_dir)) == 17256
 
 
-def _write(path, text, encoding="utf-8"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
-
-
-def make_sts16(root, subsets=sts.SUBSETS["STS16"]):
-    """STS16 in the official 2016 naming, with unscored pairs and extra columns."""
-    for k, sub in enumerate(subsets):
-        pairs = [f"sentence {k} {i} a\tsentence {k} {i} b\textra-col\tmore" for i in range(6)]
-        gold = ["", "4.0", "3", "", "1.5", "0"]
-        _write(root / "STS16-en-test" / f"STS2016.input.{sub}.txt", "\n".join(pairs) + "\n")
-        _write(root / "STS16-en-test" / f"STS2016.gs.{sub}.txt", "\n".join(gold) + "\n")
-
-
-def make_sick(root):
-    header = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
-    rows = [f"{i}\tA \"quoted\" man {i}\tA woman {i}\t{1 + i % 5}.0\tNEUTRAL" for i in range(7)]
-    _write(root / "SICK" / "SICK_test_annotated.txt", header + "\n".join(rows) + "\n")
-
-
-def test_sts16_fixture(tmp_path):
+def test_sts16_fixture(tmp_path, make_sts16):
     make_sts16(tmp_path)
     subsets = sts.read_task("STS16", tmp_path)
     assert [s.name for s in subsets] == list(sts.SUBSETS["STS16"])
@@ -54,39 +34,39 @@ def test_sts16_fixture(tmp_path):
     np.testing.assert_array_equal(subsets[0].gold, [4.0, 3.0, 1.5, 0.0])
 
 
-def test_sick_fixture(tmp_path):
+def test_sick_fixture(tmp_path, make_sick):
     make_sick(tmp_path)
     (sub,) = sts.read_task("SICKR", tmp_path)
     assert len(sub) == 7 and sub.sent1[2] == 'A "quoted" man 2' and sub.gold[2] == 3.0
 
 
-def test_stsb_original_csv_layout(tmp_path):
+def test_stsb_original_csv_layout(tmp_path, write):
     rows = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{i % 5}.0\tA plane {i}.\tAn \"air\" plane {i}.\textra"
             for i in range(5)]
-    _write(tmp_path / "STSBenchmark" / "sts-test.csv", "\n".join(rows) + "\n")
+    write(tmp_path / "STSBenchmark" / "sts-test.csv", "\n".join(rows) + "\n")
     (sub,) = sts.read_task("STSB", tmp_path)
     assert len(sub) == 5 and sub.sent2[1] == 'An "air" plane 1.' and sub.gold[3] == 3.0
 
 
-def test_malformed_files_name_file_and_line(tmp_path):
+def test_malformed_files_name_file_and_line(tmp_path, make_sts16, make_sick, write):
     make_sts16(tmp_path)
     gs = tmp_path / "STS16-en-test" / "STS2016.gs.headlines.txt"
-    _write(gs, "\n4.0\nabc\n\n1\n0\n")
+    write(gs, "\n4.0\nabc\n\n1\n0\n")
     with pytest.raises(ValueError, match=r"STS2016\.gs\.headlines\.txt:3: expected a score, got 'abc'"):
         sts.read_task("STS16", tmp_path)
-    _write(gs, "1\n")
+    write(gs, "1\n")
     with pytest.raises(ValueError, match="6 lines but .*has 1"):
         sts.read_task("STS16", tmp_path)
     make_sts16(tmp_path)
     inp = tmp_path / "STS16-en-test" / "STS2016.input.plagiarism.txt"
-    _write(inp, "a\tb\nonly one column\na\tb\na\tb\na\tb\na\tb\n")
+    write(inp, "a\tb\nonly one column\na\tb\na\tb\na\tb\na\tb\n")
     with pytest.raises(ValueError, match=r"STS2016\.input\.plagiarism\.txt:2: expected two tab-separated"):
         sts.read_task("STS16", tmp_path)
-    _write(inp, b"a\tb\na\tb\n\xff\xfe\tb\na\tb\na\tb\na\tb\n")
+    write(inp, b"a\tb\na\tb\n\xff\xfe\tb\na\tb\na\tb\na\tb\n")
     with pytest.raises(ValueError, match=r"plagiarism\.txt:3: not UTF-8"):
         sts.read_task("STS16", tmp_path)
     make_sick(tmp_path)
-    _write(tmp_path / "SICK" / "SICK_test_annotated.txt", "pair_ID\twrong\n")
+    write(tmp_path / "SICK" / "SICK_test_annotated.txt", "pair_ID\twrong\n")
     with pytest.raises(ValueError, match=r"SICK_test_annotated\.txt:1: expected header"):
         sts.read_task("SICKR", tmp_path)
 

@@ -10,16 +10,19 @@ import pytest
 from sgcl_jax.model import ModelSpec, regulariser
 from sgcl_jax.tokenization import tokenize
 from sgcl_jax.train_step import ObjectiveConfig, OptimConfig, create_train_state, jit_train_step
-from tests.conftest import TINY
 
 SENTENCES = ["a man plays a guitar", "the cat sits on the mat", "dogs run fast in the park", "hello world",
              "rain falls on the roof tonight", "I like green tea", "stocks fell sharply", "she reads a book"]
-SPEC = ModelSpec(TINY, head_dim=64)
 
 
-def _run(tiny, objective="sg_opt", steps=3, seed=0, lr=5e-4):
-    tx, step = jit_train_step(SPEC, ObjectiveConfig(objective), OptimConfig(lr=lr, warmup_ratio=0.0), steps)
-    state = create_train_state(SPEC, tiny.params, tx, seed)
+@pytest.fixture(scope="module")
+def spec(tiny):
+    return ModelSpec(tiny.config, head_dim=64)
+
+
+def _run(spec, tiny, objective="sg_opt", steps=3, seed=0, lr=5e-4):
+    tx, step = jit_train_step(spec, ObjectiveConfig(objective), OptimConfig(lr=lr, warmup_ratio=0.0), steps)
+    state = create_train_state(spec, tiny.params, tx, seed)
     batch = tokenize(tiny.tokenizer, SENTENCES, 32)
     history = []
     for _ in range(steps):
@@ -28,9 +31,9 @@ def _run(tiny, objective="sg_opt", steps=3, seed=0, lr=5e-4):
     return state, history
 
 
-def test_frozen_parts_unchanged_and_others_trained(tiny):
+def test_frozen_parts_unchanged_and_others_trained(spec, tiny):
     guide_before = jax.tree.map(np.array, tiny.params)
-    state, _ = _run(tiny, steps=4)
+    state, _ = _run(spec, tiny, steps=4)
     same = jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), guide_before, tiny.params)
     assert all(jax.tree.leaves(same)), "the guide changed"
     # BERT_T's embeddings are the guide's (frozen): they are not in the trainable tree nor the optimizer state.
@@ -57,44 +60,81 @@ def test_regulariser_gradient(tiny):
 
 
 @pytest.mark.parametrize("objective", ["sg_opt", "sg", "opt1", "opt2"])
-def test_loss_falls(tiny, objective):
-    _, history = _run(tiny, objective, steps=50, lr=1e-3)
+def test_loss_falls(spec, tiny, objective):
+    _, history = _run(spec, tiny, objective, steps=50, lr=1e-3)
     first = np.mean([h["objective"] for h in history[:5]])
     last = np.mean([h["objective"] for h in history[-5:]])
     assert last < 0.5 * first, (objective, first, last)
     assert all(np.isfinite(h["loss"]) for h in history)
 
 
-def test_same_seed_is_bitwise_deterministic(tiny):
-    a, _ = _run(tiny, steps=3, seed=7)
-    b, _ = _run(tiny, steps=3, seed=7)
-    c, _ = _run(tiny, steps=3, seed=8)
+def test_same_seed_is_bitwise_deterministic(spec, tiny):
+    a, _ = _run(spec, tiny, steps=3, seed=7)
+    b, _ = _run(spec, tiny, steps=3, seed=7)
+    c, _ = _run(spec, tiny, steps=3, seed=8)
     eq = jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a.params, b.params)
     assert all(jax.tree.leaves(eq))
     assert not np.array_equal(np.asarray(a.params["head"]["dense_0"]["kernel"]),
                               np.asarray(c.params["head"]["dense_0"]["kernel"]))
 
 
-def test_bf16_compute_keeps_fp32_params(tiny):
+def test_bf16_compute_keeps_fp32_params(spec, tiny):
     from dataclasses import replace
 
-    spec = replace(SPEC, dtype="bfloat16")
-    tx, step = jit_train_step(spec, ObjectiveConfig(), OptimConfig(), 10)
-    state = create_train_state(spec, tiny.params, tx, 0)
+    bf16 = replace(spec, dtype="bfloat16")
+    tx, step = jit_train_step(bf16, ObjectiveConfig(), OptimConfig(), 10)
+    state = create_train_state(bf16, tiny.params, tx, 0)
     state, m = step(state, tiny.params, tokenize(tiny.tokenizer, SENTENCES, 32))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     assert np.isfinite(float(m["loss"]))
 
 
-def test_remat_gives_the_same_step(tiny):
+def test_remat_gives_the_same_step(spec, tiny):
     from dataclasses import replace
 
     batch = tokenize(tiny.tokenizer, SENTENCES, 32)
     out = []
-    for spec in (SPEC, replace(SPEC, remat=True)):
-        tx, step = jit_train_step(spec, ObjectiveConfig(), OptimConfig(lr=1e-3, warmup_ratio=0.0), 10)
-        state, m = step(create_train_state(spec, tiny.params, tx, 0), tiny.params, batch)
+    for variant in (spec, replace(spec, remat=True)):
+        tx, step = jit_train_step(variant, ObjectiveConfig(), OptimConfig(lr=1e-3, warmup_ratio=0.0), 10)
+        state, m = step(create_train_state(variant, tiny.params, tx, 0), tiny.params, batch)
         out.append((float(m["loss"]), float(m["grad_norm"]), state.params))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-6) and out[0][1] == pytest.approx(out[1][1], rel=1e-5)
     diffs = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), out[0][2], out[1][2])
     assert max(jax.tree.leaves(diffs)) < 1e-6
+
+
+def test_without_head_the_loss_is_sg_opt_on_cls_and_views(spec, tiny):
+    """model.head=False: no head params anywhere, the loss is SG-OPT on BERT_T's [CLS] and the guide's mean-pooled
+    views themselves (dimension d, re-derived here with the plain encoder and NumPy), and a step trains BERT_T's
+    layers only."""
+    from dataclasses import replace
+
+    from sgcl_jax.bert import Bert
+    from sgcl_jax.model import init_trainable
+    from sgcl_jax.train_step import loss_fn
+    from tests.oracles import np_sg_opt
+
+    still = replace(tiny.config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    nohead = replace(spec, bert=still, head=False)
+    trainable = init_trainable(nohead, tiny.params, jax.random.key(0))
+    assert set(trainable) == {"encoder"}
+    batch = tokenize(tiny.tokenizer, SENTENCES, 32)
+    loss, metrics = loss_fn(nohead, ObjectiveConfig(tau=0.05), trainable, tiny.params, batch, jax.random.key(1))
+
+    hidden = Bert(still).apply({"params": tiny.params}, batch["input_ids"], batch["attention_mask"])
+    mask = batch["attention_mask"][..., None].astype(np.float64)
+    views = np.stack([(np.asarray(h, np.float64) * mask).sum(1) / mask.sum(1) for h in hidden], axis=1)
+    cls = np.asarray(hidden[-1][:, 0], np.float64)  # BERT_T starts as the guide, so its [CLS] is the guide's
+    assert views.shape == (len(SENTENCES), still.num_hidden_layers + 1, still.hidden_size)
+    np.testing.assert_allclose(float(metrics["objective"]), np_sg_opt(cls, views, 0.05), rtol=1e-4)
+    assert float(metrics["regulariser"]) == 0.0 and float(loss) == pytest.approx(float(metrics["objective"]))
+
+    tx, step = jit_train_step(nohead, ObjectiveConfig(), OptimConfig(lr=1e-3, warmup_ratio=0.0), 3)
+    state = create_train_state(nohead, tiny.params, tx, 0)
+    guide_before = jax.tree.map(np.array, tiny.params)
+    state, _ = step(state, tiny.params, batch)
+    assert set(state.params) == {"encoder"}
+    assert not any("head" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state))
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, guide_before, jax.tree.map(np.asarray, tiny.params))))
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params["encoder"], tiny.params["encoder"])
+    assert all(jax.tree.leaves(moved))

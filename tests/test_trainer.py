@@ -1,14 +1,14 @@
-"""The training program end to end on the tiny config: results, records, exact resume after a kill, bad input."""
+"""The training program on the tiny config: end to end, exact resume after a kill, the released early-stopping
+rule and step-0 evaluation, config validation, training text, TFDS, and the multi-seed summary."""
 
 from __future__ import annotations
 
+import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,65 +16,94 @@ import pytest
 
 from sgcl_jax import data
 from sgcl_jax.checkpointing import Checkpoints
-from sgcl_jax.trainer import summarise_seeds, train_and_evaluate
-from tests.conftest import ROOT
+from sgcl_jax.config import Config, ConfigError, base_config
+from sgcl_jax.trainer import RunState, summarise_seeds, train_and_evaluate
 
 
-def tiny_config(**overrides):
-    """configs/tiny.py with overrides given as dotted names."""
-    sys.path.insert(0, str(ROOT))
-    from configs import tiny
-
-    c = tiny.get_config()
-    c.train.progress = False
-    for key, value in overrides.items():
-        node = c
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return c
-
-
-def test_end_to_end(tmp_path, data_dir):
+def test_end_to_end(tmp_path, tiny_config):
     res = train_and_evaluate(tiny_config(), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["tasks"]["STSB"]["n"] == 1379 and np.isfinite(saved["tasks"]["STSB"]["score"])
     assert saved["tasks"]["STSB"]["score"] == pytest.approx(res["tasks"]["STSB"]["score"])
-    assert saved["protocol"]["pooling"] == "cls" and saved["training"]["total_steps"] == 30
+    assert saved["protocol"]["pooling"] == "cls" and saved["protocol"]["dtype"] == "float32"
+    assert saved["training"]["total_steps"] == 30
+    assert saved["average"] == {"score": saved["tasks"]["STSB"]["score"], "tasks": ["STSB"], "complete": True,
+                                "of": 1}
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [5, 10, 15, 20, 25, 30]
-    assert [x["step"] for x in lines if "dev_stsb_spearman" in x] == [10, 20, 30]
+    # Step 0 is the untrained model (the released code's first evaluation), then every eval_every steps.
+    assert [x["step"] for x in lines if "dev_stsb_spearman" in x] == [0, 10, 20, 30]
+    assert all(np.isfinite(x["steps_per_s"]) for x in lines if "loss" in x)
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
-    assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "random"
-    best = [x["dev_stsb_spearman"] for x in lines if "dev_stsb_spearman" in x]
-    assert saved["training"]["best_score"] == pytest.approx(max(best))
+    assert Config.from_dict(json.loads((tmp_path / "config.json").read_text())).model.name == "random"
+    dev = [x["dev_stsb_spearman"] for x in lines if "dev_stsb_spearman" in x]
+    assert saved["training"]["best_score"] == pytest.approx(max(dev))
+    assert saved["training"]["best_step"] == [0, 10, 20, 30][int(np.argmax(dev))]
+    saved_best = [int(p.name) for p in (tmp_path / "best").iterdir() if p.name.isdigit()]
+    assert saved_best == ([] if saved["training"]["best_step"] == 0 else [saved["training"]["best_step"]])
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [20, 30]
-    assert saved["last"]["step"] == 30 and np.isfinite(saved["last"]["average"])
-    if saved["training"]["best_step"] != 30:
-        assert saved["last"]["tasks"]["STSB"]["score"] != saved["tasks"]["STSB"]["score"]
+    assert saved["last"]["step"] == 30 and np.isfinite(saved["last"]["average"]["score"])
+    assert not (tmp_path / ".lock").exists()
 
 
-def _train_cmd(workdir, *extra):
-    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.py"), "--workdir",
-            str(workdir), "--config.train.progress=False", *extra]
+def released_fit(scores: list[float], patience: int) -> tuple[float, int, int | None]:
+    """The released fit loop's bookkeeping, transcribed: (best score, index of the best, index where it stops).
+
+    scores[0] is the step-0 evaluation (sets best_score only); the others are periodic evaluations.
+    """
+    best_score, best_at = -9999999, None
+    if scores[0] > best_score:
+        best_score, best_at = scores[0], 0
+    early_stopping_cnt, last_score = 0, 0
+    for i, dev_score in enumerate(scores[1:], start=1):
+        if dev_score > best_score:
+            best_score, best_at = dev_score, i
+        if dev_score < last_score:
+            early_stopping_cnt += 1
+        if early_stopping_cnt >= patience:
+            return best_score, best_at, i
+        last_score = dev_score
+    return best_score, best_at, None
 
 
-def _final_state(workdir):
-    ckpt = Checkpoints(workdir)
-    step = ckpt.latest_step()
-    out = ckpt.state.restore(step)
-    ckpt.close()
-    return step, out
+@pytest.mark.parametrize("seed", range(6))
+def test_run_state_follows_the_released_rule(seed):
+    rng = np.random.default_rng(seed)
+    scores = list(np.round(rng.normal(80, 2, 40), 1))
+    if seed == 0:
+        scores[0] = 99.0  # the untrained model is never beaten: it stays the best, never saved
+    if seed == 1:
+        scores[1] = -5.0  # a negative first score counts as a drop against the released 0 start
+    patience = [3, 10, 1, 5, 2, 40][seed]
+    run = RunState()
+    run.record_dev(0, scores[0], patience, counts=False)
+    stop_at, saved = None, []
+    for i, s in enumerate(scores[1:], start=1):
+        if run.record_dev(i, s, patience):
+            saved.append(i)
+        if run.stopped:
+            stop_at = i
+            break
+    best, best_at, released_stop = released_fit(scores, patience)
+    assert (run.best_score, run.best_step, stop_at) == (best, best_at, released_stop)
+    assert 0 not in saved
+    assert RunState.from_json(json.loads(json.dumps(run.to_json()))) == run
 
 
-def test_exact_resume_after_kill(tmp_path, data_dir):
-    env = {**os.environ, "SGCL_DATA_DIR": str(data_dir), "JAX_PLATFORMS": "cpu"}
+def test_nan_dev_score_is_never_best():
+    run = RunState()
+    assert run.record_dev(0, float("nan"), 3, counts=False) is False
+    assert run.record_dev(10, 50.0, 3) is True and run.record_dev(20, float("nan"), 3) is False
+    assert (run.best_score, run.best_step, run.drops) == (50.0, 10, 0)
+
+
+def test_exact_resume_after_kill(tmp_path, train_cmd, subprocess_env):
     straight = tmp_path / "straight"
-    subprocess.run(_train_cmd(straight), check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(train_cmd(straight), check=True, env=subprocess_env, capture_output=True, timeout=300)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(train_cmd(killed), env=subprocess_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "10").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -82,11 +111,19 @@ def test_exact_resume_after_kill(tmp_path, data_dir):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "results.json").exists()
-    interrupted_at = Checkpoints(killed).latest_step()
+    interrupted_at = Checkpoints(killed, writable=False).latest_step()
     assert interrupted_at is not None and interrupted_at < 30
-    subprocess.run(_train_cmd(killed), check=True, env=env, capture_output=True, timeout=300)
+    # The killed process's lock is stale: the resumed run takes it over.
+    subprocess.run(train_cmd(killed), check=True, env=subprocess_env, capture_output=True, timeout=300)
 
-    (s1, a), (s2, b) = _final_state(straight), _final_state(killed)
+    def final_state(workdir):
+        ckpt = Checkpoints(workdir, writable=False)
+        step = ckpt.latest_step()
+        out = ckpt.state.restore(step)
+        ckpt.close()
+        return step, out
+
+    (s1, a), (s2, b) = final_state(straight), final_state(killed)
     assert s1 == s2 == 30
     leaves_a, leaves_b = jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"])
     assert len(leaves_a) == len(leaves_b)
@@ -99,34 +136,55 @@ def test_exact_resume_after_kill(tmp_path, data_dir):
     assert strip(la) == strip(lb)
 
 
-def test_config_errors_before_work(tmp_path):
-    for flag, message in [("--config.optim.nope=1", "nope"), ("--config.optim.lr=abc", "lr"),
-                          ("--config.objective.name=simcse", "objective.name")]:
-        r = subprocess.run(_train_cmd(tmp_path / "w", flag), capture_output=True, text=True, timeout=120)
-        assert r.returncode != 0 and message in r.stderr, (flag, r.stderr[-2000:])
-        assert not (tmp_path / "w" / "checkpoints").exists()
+def test_config_is_validated_at_construction():
+    cfg = Config.from_dict(base_config())
+    assert cfg == Config() and Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    bad = [({"optim.lr": -1e-5}, "optim.lr"), ({"optim.lr": 0.0}, "optim.lr"), ({"objective.name": "simcse"},
+           "objective.name"), ({"objective.tau": 0}, "objective.tau"), ({"data.batch_size": 1}, "data.batch_size"),
+           ({"eval.final_tasks": ("STSB", "NOPE")}, "eval.final_tasks"), ({"model.dtype": "float16"}, "model.dtype"),
+           ({"guide.pooling": "sum"}, "guide.pooling"), ({"data.source": "text"}, "data.files"),
+           ({"train.log_every": 0}, "train.log_every"), ({"optim.nope": 1}, "optim.nope"),
+           ({"model.head": "yes"}, "model.head"), ({"eval.classifier": "svm"}, "eval.classifier")]
+    for change, field in bad:
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            cfg.replace(**change)
+    # Comma lists for tuple fields, as the flag parser hands them over.
+    c = Config.from_dict({**cfg.to_dict(), "eval": {**cfg.to_dict()["eval"], "final_tasks": ("STSB,SICKR",)},
+                          "data": {**cfg.to_dict()["data"], "source": "text", "files": ("a.txt,b.txt",)}})
+    assert c.eval.final_tasks == ("STSB", "SICKR") and c.data.files == ("a.txt", "b.txt")
+    assert cfg.replace(**{"eval.final_tasks": "transfer"}).eval.final_tasks == ("transfer",)
 
 
-def test_workdir_of_another_model(tmp_path, data_dir):
-    train_and_evaluate(tiny_config(**{"train.num_steps": 2, "train.eval_every": 0}), tmp_path)
-    with pytest.raises(ValueError, match="checkpoints of another model"):
-        train_and_evaluate(tiny_config(**{"train.num_steps": 4, "model.init_seed": 1}), tmp_path)
+def test_cli_errors_are_one_line_and_touch_nothing(tmp_path, train_cmd, subprocess_env):
+    workdir = tmp_path / "w"
+    r = subprocess.run(train_cmd(workdir, "--config.optim.lr=-1", "--config.eval.final_tasks=STSB,SICKR"),
+                       capture_output=True, text=True, timeout=120, env=subprocess_env)
+    assert r.returncode != 0 and "optim.lr" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not workdir.exists()
+    r = subprocess.run([*train_cmd(workdir, "--config.data.source=text", "--config.data.files=/nope.txt"),
+                        "--verbose"], capture_output=True, text=True, timeout=120, env=subprocess_env)
+    assert r.returncode != 0 and "/nope.txt" in r.stderr and "Traceback" in r.stderr
+    assert not workdir.exists()
 
 
-def test_text_files(tmp_path, caplog):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n  \n")
+def test_text_files(tmp_path, caplog, write):
     with pytest.raises(ValueError, match=r"empty\.txt: no training sentences"):
-        data.read_text_file(empty)
-    mixed = tmp_path / "mixed.txt.gz"
-    import gzip
-
-    mixed.write_bytes(gzip.compress(b"good one\n" + b"bad \xff\xfe line\n" + "ümlaut fine\n\n".encode()))
+        data.read_text_file(write(tmp_path / "empty.txt", "\n  \n"))
+    mixed = write(tmp_path / "mixed.txt.gz", gzip.compress(b"good one\nbad \xff\xfe line\n" + "ümlaut\n\n".encode()))
     sentences, bad = data.read_text_file(mixed)
-    assert sentences == ["good one", "ümlaut fine"] and bad == 1
+    assert sentences == ["good one", "ümlaut"] and bad == 1
     assert "mixed.txt.gz:2: not UTF-8" in caplog.text
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         data.read_text_file(tmp_path / "nope.txt")
+    latin = write(tmp_path / "latin1.txt", "caf\xe9 cr\xe8me\n\xe0 la carte\n", encoding="latin-1")
+    with pytest.raises(ValueError, match=r"latin1\.txt: no training sentences: none of its 2 non-blank"):
+        data.read_text_file(latin)
+    truncated = write(tmp_path / "cut.txt.gz", gzip.compress(b"a sentence\n" * 1000)[:60])
+    with pytest.raises(ValueError, match=r"cut\.txt\.gz: not a readable gzip file"):
+        data.read_text_file(truncated)
+    garbage = write(tmp_path / "garbage.txt.gz", b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"not deflate data at all")
+    with pytest.raises(ValueError, match=r"garbage\.txt\.gz: not a readable gzip file"):
+        data.read_text_file(garbage)
 
 
 def test_batches_are_deterministic_and_split_by_process(tiny):
@@ -143,7 +201,7 @@ def test_batches_are_deterministic_and_split_by_process(tiny):
     assert len(set(sum((full.drawn(s) for s in range(12)), []))) == 96  # no sentence twice in an epoch
 
 
-def test_multi_seed_summary(tmp_path, data_dir):
+def test_multi_seed_summary(tmp_path, tiny_config):
     overrides = {"seeds": (1, 2), "train.num_steps": 4, "train.eval_every": 2}
     first = train_and_evaluate(tiny_config(**overrides, **{"eval.also_last": False}), tmp_path)
     assert "last" not in first
@@ -157,29 +215,21 @@ def test_multi_seed_summary(tmp_path, data_dir):
     assert res["tasks"]["STSB"]["std"] == pytest.approx(np.std(per, ddof=1))
     assert json.loads((tmp_path / "results.json").read_text())["tasks"]["STSB"]["per_seed"] == {
         "1": per[0], "2": per[1]}
-    last = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text())["last"]["average"] for s in (1, 2)]
-    assert res["last"]["average"] == pytest.approx(np.mean(last))
-    fake = {s: {"protocol": {}, "tasks": {"A": {"score": v, "n": 3}}, "average": v} for s, v in
-            [(1, 70.0), (2, 72.0), (3, 77.0)]}
+    last = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text())["last"]["average"]["score"]
+            for s in (1, 2)]
+    assert res["last"]["average"]["score"] == pytest.approx(np.mean(last))
+    fake = {s: {"protocol": {}, "tasks": {"A": {"score": v, "n": 3}},
+                "average": {"score": v, "tasks": ["A"], "complete": True, "of": 1}}
+            for s, v in [(1, 70.0), (2, 72.0), (3, 77.0)]}
     summary = summarise_seeds(fake)
     assert summary["tasks"]["A"]["score"] == pytest.approx(73.0)
     assert summary["tasks"]["A"]["std"] == pytest.approx(np.sqrt(((70 - 73) ** 2 + 1 + 16) / 2))
+    assert summary["average"]["std"] == pytest.approx(summary["tasks"]["A"]["std"])
 
 
-def test_checkpoint_path_is_workdir_relative_safe(tmp_path):
-    # The workdir may be given as a relative path (Orbax needs absolute ones).
-    cwd = Path.cwd()
-    os.chdir(tmp_path)
-    try:
-        ck = Checkpoints("rel")
-        ck.close()
-        assert (tmp_path / "rel" / "checkpoints").is_dir()
-    finally:
-        os.chdir(cwd)
-
-
-def test_tfds_source_reads_this_process_share(monkeypatch):
-    """The TFDS path with a stand-in module (tensorflow is not a test dependency): split per process, feature."""
+def test_tfds_source_reads_this_process_share(monkeypatch, tiny_config):
+    """The TFDS reader's per-process split and feature handling, with a stand-in module (the real TFDS run is
+    in test_packaging)."""
     import types
 
     calls = {}
@@ -199,14 +249,17 @@ def test_tfds_source_reads_this_process_share(monkeypatch):
     assert calls == {"name": "wiki", "split": "train[process share]"}
     with pytest.raises(KeyError, match="no feature 'body'"):
         data.read_tfds("wiki", "train", "body")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # not installed
+    with pytest.raises(ImportError, match=r"sgcl_jax\[tfds\]"):
+        data.read_tfds("wiki", "train", "text")
 
 
-def test_missing_training_data_is_fetched_or_explained(tmp_path, mirror, monkeypatch):
+def test_missing_training_data_is_fetched_or_explained(tmp_path, mirror, monkeypatch, tiny_config):
     target = tmp_path / "cache"
     cfg = tiny_config(**{"data.data_dir": str(target), "data.download": False}).data
     with pytest.raises(FileNotFoundError, match="SGCL_DATA_DIR"):
         data.load_sentences(cfg)
-    cfg.download = True
+    cfg = tiny_config(**{"data.data_dir": str(target), "data.download": True}).data
     monkeypatch.setenv("SGCL_STS_MIRROR", "http://127.0.0.1:9/")  # nothing listens: a fast, clear failure
     with pytest.raises(FileNotFoundError, match="fetching it failed"):
         data.load_sentences(cfg)
