@@ -225,14 +225,15 @@ def run(model: str, dtype: str, batch: int, steps: int, lengths: str, with_torch
 def bench_eval(model: str, dtype: str, data_dir: str | None, tokenizer: str = "minilm",
                batch_size: int = 256) -> dict[str, Any]:
     """Times encoding every distinct sentence of the available STS tasks ([CLS]), after a compiling pass."""
-    from sgcl_jax import evaluate, sts
+    from sgcl_jax import sts
     from sgcl_jax.bert import Bert
     from sgcl_jax.encoder import embed_fn, run_sorted
+    from sgcl_jax.evaluate import load_sts_tasks
     from sgcl_jax.pretrained import load_tokenizer, resolve
 
     cfg = SHAPES[model]
     tok = load_tokenizer(resolve(tokenizer))
-    loaded, missing = evaluate.load_tasks(sts.TASKS, data_dir)
+    loaded, missing = load_sts_tasks(sts.TASKS, data_dir)
     unique = sts.distinct_sentences([sub for subs in loaded.values() for sub in subs])
     ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
     params = jax.jit(lambda k: Bert(cfg).init(k, ids, jax.numpy.ones_like(ids))["params"])(jax.random.key(0))
@@ -274,8 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16 (default: %(default)s)")
     ap.add_argument("--batch", default="16", help="comma-separated batch sizes (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per row (default: %(default)s)")
-    ap.add_argument("--lengths", default="stsb", help="'stsb' (sampled STS-B lengths) or a fixed token count (default: %(default)s)")
-    ap.add_argument("--torch", action="store_true", help="also time the PyTorch port of the released step (torch_reference)")
+    ap.add_argument("--lengths", default="stsb",
+                    help="'stsb' (sampled STS-B lengths) or a fixed token count (default: %(default)s)")
+    ap.add_argument("--torch", action="store_true",
+                    help="also time the PyTorch port of the released step (torch_reference)")
     ap.add_argument("--remat", action="store_true", help="rematerialise BERT_T's layers (large batches)")
     ap.add_argument("--head-dim", type=int, default=4096, help="projection head width (default: %(default)s)")
     ap.add_argument("--data-dir", default=None, help="STS data folder (default: $SGCL_DATA_DIR)")

@@ -12,6 +12,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -239,6 +240,44 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def base_config() -> ml_collections.ConfigDict:
     """`Config()`'s defaults as a ConfigDict, the form command-line overrides work on."""
     return ml_collections.ConfigDict(Config().to_dict())
+
+
+# The shipped configs: installed inside the package (sgcl_jax/configs), or the checkout's top-level configs/.
+CONFIG_DIRS = (Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs")
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship with sgcl_jax, by name (default, tiny, nli, bert_base)."""
+    found: dict[str, Path] = {}
+    for folder in CONFIG_DIRS:
+        for path in sorted(folder.glob("*.py")):
+            if not path.name.startswith("_"):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def config_path(name_or_path: str) -> Path:
+    """A config file: an existing path, or a shipped config's name ('default' or 'default.py')."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    known = shipped_configs()
+    name = path.stem if name_or_path.endswith(".py") else name_or_path
+    if name in known:
+        return known[name]
+    raise FileNotFoundError(f"--config {name_or_path}: no such file, and no shipped config of that name "
+                            f"(shipped: {', '.join(known)})")
+
+
+def load_config_file(name_or_path: str) -> Config:
+    """The validated Config of a config file's `get_config()` (or of a shipped config, by name)."""
+    import importlib.util
+
+    path = config_path(name_or_path)
+    spec = importlib.util.spec_from_file_location(f"_sgcl_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Config.from_dict(module.get_config())
 
 
 # ------------------------------------------------------------------------------------------ building

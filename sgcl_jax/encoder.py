@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgcl_jax.bert import BertConfig, Bert
+from sgcl_jax.bert import Bert, BertConfig
 from sgcl_jax.model import DTYPES
 from sgcl_jax.pooling import POOLINGS, pool, sentence_embedding
 from sgcl_jax.tokenization import pad_batch, token_ids

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -75,7 +76,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def correlation(pred: np.ndarray, gold: np.ndarray, metric: str = "spearman") -> float:
-    """Spearman or Pearson correlation x100."""
+    """Spearman or Pearson correlation x100; NaN when either side is constant (no correlation is defined)."""
+    if np.ptp(pred) == 0 or np.ptp(gold) == 0:
+        return math.nan
     if metric == "spearman":
         return 100.0 * float(stats.spearmanr(pred, gold).statistic)
     if metric == "pearson":

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from sgcl_jax.config import Config, ConfigError
+from sgcl_jax.config import Config, ConfigError, load_config_file
 from sgcl_jax.files import write_json
 from sgcl_jax.trainer import train_and_evaluate
 
@@ -65,7 +65,8 @@ ABLATION = (
 def domain_variants(nli_file: str | os.PathLike) -> tuple[Variant, ...]:
     """Figure 4: the same training on STS-B's sentences (in-domain) and on NLI sentences (out of domain)."""
     return (Variant("STS-B", {}, note="the 17,256 STS-B sentences"),
-            Variant("NLI", {"data.source": "text", "data.files": (str(nli_file),)}, note=f"text of {Path(nli_file).name}"))
+            Variant("NLI", {"data.source": "text", "data.files": (str(nli_file),)},
+                    note=f"text of {Path(nli_file).name}"))
 
 
 def parse_variant(spec: str) -> Variant:
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("absl", "jax._src", "orbax", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        base = load_config(args.config)
+        base = load_config_file(args.config)
         base = base.replace(**{k: _literal(v) for k, _, v in (s.partition("=") for s in args.set)})
         variants = list(ABLATION if args.experiment == "ablation" else domain_variants(args.nli_file))
         variants += [parse_variant(v) for v in args.variant]
@@ -224,24 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-def load_config(name_or_path: str) -> Config:
-    """A base Config from a shipped config name or a config file with get_config()."""
-    import importlib.util
-
-    from sgcl_jax.train import shipped_configs
-
-    path = Path(name_or_path)
-    if not path.exists():
-        path = shipped_configs().get(path.stem if name_or_path.endswith(".py") else name_or_path, path)
-    if not path.exists():
-        raise FileNotFoundError(f"--config {name_or_path}: no such file or shipped config "
-                                f"(shipped: {', '.join(shipped_configs())})")
-    spec = importlib.util.spec_from_file_location(f"_sgcl_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return Config.from_dict(module.get_config())
 
 
 if __name__ == "__main__":

@@ -86,11 +86,12 @@ def base_model_id(source: str) -> str | None:
 def _write_sentence_transformers(folder: Path, encoder: SentenceEncoder, base_model: str | None,
                                  config: dict[str, Any] | None) -> None:
     """Makes the HF folder a sentence-transformers model: Transformer + CLS Pooling, saved by ST itself."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    word = models.Transformer(str(folder), max_seq_length=encoder.max_length)
-    pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=encoder.pooling)
+    word = Transformer(str(folder), max_seq_length=encoder.max_length)
+    pooling = Pooling(encoder.config.hidden_size, pooling_mode=encoder.pooling)
     card = SentenceTransformerModelCardData(
         language="en", license="apache-2.0", model_name=f"SG-BERT ({base_model or 'BERT'}, sgcl_jax)",
         local_files_only=True, tags=["sentence-transformers", "sentence-similarity", "sg-bert", "sgcl_jax",

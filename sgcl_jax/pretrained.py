@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgcl_jax.bert import BertConfig, Bert
+from sgcl_jax.bert import Bert, BertConfig
 
 BUNDLED = "minilm"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

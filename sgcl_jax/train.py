@@ -13,15 +13,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from sgcl_jax import sharding
+from sgcl_jax.config import config_path
 from sgcl_jax.trainer import train_and_evaluate
-
-CONFIG_DIRS = (Path(__file__).parent / "configs", Path(__file__).parent.parent / "configs")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config: a shipped name (default, tiny, nli, bert_base) or a path to a .py file with "
@@ -33,16 +31,6 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", None, "Call jax.distributed.init
                                  "JAX_COORDINATOR_ADDRESS variables are set).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a config, data or run-folder error.")
 flags.mark_flags_as_required(["config"])
-
-
-def shipped_configs() -> dict[str, Path]:
-    """The configs that ship with sgcl_jax, by name."""
-    found: dict[str, Path] = {}
-    for folder in CONFIG_DIRS:
-        for path in sorted(folder.glob("*.py")):
-            if not path.name.startswith("_"):
-                found.setdefault(path.stem, path)
-    return found
 
 
 def resolve_config_arg(argv: Sequence[str]) -> list[str]:
@@ -57,15 +45,11 @@ def resolve_config_arg(argv: Sequence[str]) -> list[str]:
 
 
 def _config_path(value: str) -> str:
-    path, _, arg = value.partition(":")
-    if Path(path).expanduser().exists():
-        return value
-    known = shipped_configs()
-    name = Path(path).stem if path.endswith(".py") else path
-    if name in known:
-        return str(known[name]) + (f":{arg}" if arg else "")
-    sys.exit(f"error: --config {value}: no such file, and no shipped config of that name "
-             f"(shipped: {', '.join(known)})")
+    path, colon, arg = value.partition(":")  # config_flags passes `file.py:arg` on to get_config(arg)
+    try:
+        return str(config_path(path)) + colon + arg
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
 
 
 def main(argv: Sequence[str]) -> None:

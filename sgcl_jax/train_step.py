@@ -137,7 +137,7 @@ def train_step(state: TrainState, guide_params: Params, batch: dict[str, jax.Arr
     (loss, metrics), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     first_nonfinite = jnp.where((state.first_nonfinite < 0) & ~finite, state.step + 1, state.first_nonfinite)
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}

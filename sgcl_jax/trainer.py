@@ -154,7 +154,6 @@ def _check_finite(state: Any, ckpt: checkpointing.Checkpoints, cfg: Config, loss
     if bad < 0 and (loss is None or math.isfinite(loss)):
         return
     ckpt.wait()
-    ckpt.close()
     latest = ckpt.latest_step()
     raise DivergenceError(
         f"step {bad if bad >= 0 else int(state.step)}: the loss or gradient norm is not finite"
@@ -242,48 +241,56 @@ def _train_locked(cfg: Config, workdir: Path, guide_pre: Any, spec: ModelSpec, b
         run.step = step
         ckpt.save(step, state, {"step": step, "seed": cfg.seed, "identity": run_identity, "run": run.to_json()})
 
-    evaluating = dev is not None and cfg.train.eval_every > 0
-    if evaluating and not run.dev_history:
-        dev_eval(0, None, counts=False)  # the untrained model: the initial best, never saved (as released)
+    def train_loop() -> int:
+        """Steps until the schedule ends or early stopping; returns the last step (its state saved)."""
+        nonlocal state
+        evaluating = dev is not None and cfg.train.eval_every > 0
+        if evaluating and not run.dev_history:
+            dev_eval(0, None, counts=False)  # the untrained model: the initial best, never saved (as released)
 
-    # -- loop
-    step = run.step
-    bar = None
-    if proc0 and cfg.train.progress:
-        from tqdm.auto import tqdm
+        # -- loop
+        step = run.step
+        bar = None
+        if proc0 and cfg.train.progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=step, desc=f"seed {cfg.seed}", unit="step", dynamic_ncols=True)
-    timer = _StepTimer()
-    while step < total and not run.stopped:
-        batch = sharding.global_batch(batches(step), batch_sharding)
-        if timer.compiles(batch["input_ids"].shape):
-            jax.block_until_ready(state)
-            with timer.excluding():
-                state, metrics = jax.block_until_ready(step_fn(state, guide, batch))
-        else:
-            state, metrics = step_fn(state, guide, batch)
-        step += 1
-        if step % cfg.train.log_every == 0 or step == total:
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _check_finite(state, ckpt, cfg, values["loss"])
-            records.write(step, {**values, "steps_per_s": timer.rate()})
+            bar = tqdm(total=total, initial=step, desc=f"seed {cfg.seed}", unit="step", dynamic_ncols=True)
+        timer = _StepTimer()
+        while step < total and not run.stopped:
+            batch = sharding.global_batch(batches(step), batch_sharding)
+            if timer.compiles(batch["input_ids"].shape):
+                jax.block_until_ready(state)
+                with timer.excluding():
+                    state, metrics = jax.block_until_ready(step_fn(state, guide, batch))
+            else:
+                state, metrics = step_fn(state, guide, batch)
+            step += 1
+            if step % cfg.train.log_every == 0 or step == total:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(state, ckpt, cfg, values["loss"])
+                records.write(step, {**values, "steps_per_s": timer.rate()})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{values['loss']:.3f}", dev=f"{run.prev_score:.2f}")
+            if evaluating and (step % cfg.train.eval_every == 0 or step == total):
+                _check_finite(state, ckpt, cfg)
+                with timer.excluding():
+                    dev_eval(step, state.params, counts=step % cfg.train.eval_every == 0)
             if bar is not None:
-                bar.set_postfix(loss=f"{values['loss']:.3f}", dev=f"{run.prev_score:.2f}")
-        if evaluating and (step % cfg.train.eval_every == 0 or step == total):
-            _check_finite(state, ckpt, cfg)
-            with timer.excluding():
-                dev_eval(step, state.params, counts=step % cfg.train.eval_every == 0)
+                bar.update(1)
+            if step % cfg.train.checkpoint_every == 0 or step == total or run.stopped:
+                with timer.excluding():
+                    save(step)
         if bar is not None:
-            bar.update(1)
-        if step % cfg.train.checkpoint_every == 0 or step == total or run.stopped:
-            with timer.excluding():
-                save(step)
-    if bar is not None:
-        bar.close()
-    if ckpt.latest_step() != step:
-        save(step)
-    ckpt.close()
-    records.close()
+            bar.close()
+        if ckpt.latest_step() != step:
+            save(step)
+        return step
+
+    try:
+        step = train_loop()
+    finally:  # also on divergence or an interrupt: in-flight saves complete, files are closed
+        ckpt.close()
+        records.close()
 
     # -- final evaluation of the best-on-dev model (and the last state) on every configured task
     def score(trainable: Any, label: str) -> dict[str, Any]:

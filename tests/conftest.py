@@ -81,7 +81,6 @@ def tiny_config(data_dir):
     """A factory: configs/tiny.py as a typed Config, progress off, with dotted overrides."""
     sys.path.insert(0, str(ROOT))
     from configs import tiny
-
     from sgcl_jax.config import Config
 
     base = Config.from_dict(tiny.get_config()).replace(**{"train.progress": False})
@@ -169,3 +168,4 @@ def mirror(tmp_path, data_dir):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/", served
     server.shutdown()
+    server.server_close()

@@ -57,7 +57,7 @@ def test_random_tiny_bert_with_token_types(tiny):
     ours = Bert(tiny.config).apply({"params": tiny.params}, batch["input_ids"], batch["attention_mask"],
                                           batch["token_type_ids"])
     ref = BertModel(HFBertConfig(**tiny.config.to_hf_dict()), add_pooling_layer=False).eval()
-    sd = {k: torch.from_numpy(v) for k, v in state_dict_from_params(tiny.params).items()}
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in state_dict_from_params(tiny.params).items()}
     ref.load_state_dict(sd, strict=True)
     _assert_parity(ours, _torch_hidden(ref, batch), batch["attention_mask"])
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from sgcl_jax import losses
-
 from tests.oracles import np_opt1, np_opt2, np_sg, np_sg_opt, phi
 
 B, K, D, TAU = 5, 4, 8, 0.5

@@ -4,7 +4,6 @@ AdamW, schedule) that `bench --torch` also times."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from sgcl_jax.bert import BertConfig
