@@ -94,6 +94,8 @@ class SentenceEncoder:
         self.config, self.params, self.tokenizer = config, params, tokenizer
         self.max_length, self.dtype, self.pooling, self.layer, self.source = max_length, dtype, pooling, layer, source
 
+    similarity_fn_name = "cosine"  # what SentenceTransformer exposes; its evaluators read it
+
     def __repr__(self) -> str:
         return (f"SentenceEncoder(source={self.source!r}, dim={self.config.hidden_size}, "
                 f"layers={self.config.num_hidden_layers}, pooling={self.pooling!r}, layer={self.layer!r}, "
@@ -104,7 +106,7 @@ class SentenceEncoder:
         return self.config.hidden_size
 
     def encode(self, sentences: str | Sequence[str], batch_size: int = 32, show_progress_bar: bool | None = None,
-               output_value: str | None = "sentence_embedding", precision: str = "float32",
+               output_value: str | None = "sentence_embedding", precision: str | None = "float32",
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, device: str | None = None,
                normalize_embeddings: bool = False, prompt: str | None = None, truncate_dim: int | None = None,
                *, pooling: str | None = None, layer: int | str | None = None, **kwargs: Any) -> Any:
@@ -117,7 +119,7 @@ class SentenceEncoder:
             log.debug("SentenceEncoder.encode ignores %s", sorted(kwargs))
         if output_value not in ("sentence_embedding", None):
             raise ValueError(f"output_value={output_value!r}: only sentence embeddings are available")
-        if precision != "float32":
+        if precision not in ("float32", None):
             raise ValueError(f"precision={precision!r}: only float32 embeddings are available")
         single = isinstance(sentences, str)
         items = [sentences] if single else list(sentences)

@@ -1,0 +1,337 @@
+"""Benchmark of the SG-OPT train step: JAX (one jitted step) and, side by side, a faithful PyTorch eager port.
+
+    python -m sgcl_jax.bench --model bert-base --dtype float32 --batch 16 --torch        # the 10x target
+    python -m sgcl_jax.bench --model bert-base --dtype bfloat16 --batch 256,1024 --remat
+    python -m sgcl_jax.bench --model minilm --batch 16 --torch                           # 2 CPU cores
+
+Timing excludes compilation (reported separately) and starts after a warm-up of every bucket shape; the device
+is synchronised (block_until_ready / cuda.synchronize) before the clock stops. Weights are random (shape is
+what matters); sentence lengths are drawn from the STS-B training sentences and padded as the trainer pads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from sgcl_jax.bert import BertConfig
+from sgcl_jax.model import ModelSpec
+from sgcl_jax.tokenization import bucket_length, buckets_for
+
+SHAPES = {
+    "tiny": BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    "minilm": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": BertConfig(),
+    "bert-large": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+# Dense peak TFLOP/s per device kind, by datasheet (bf16 / fp32 non-tensor-core).
+PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 67.0}, "H200": {"bfloat16": 989.0, "float32": 67.0},
+               "A100": {"bfloat16": 312.0, "float32": 19.5}, "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
+               "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0}}
+
+
+def step_flops(cfg: BertConfig, batch: int, length: int, views: int, head_dim: int) -> float:
+    """Model FLOPs of one step: guide forward + BERT_T forward/backward (3x) + head forward/backward on c and h."""
+    d, inner, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    per_token_layer = 2 * (4 * d * d + 2 * d * inner) + 2 * 2 * length * d  # projections + QK^T and PV
+    encoder = batch * length * n * per_token_layer
+    head = batch * (views + 1) * 2 * (d * head_dim + head_dim * head_dim)
+    return encoder * (1 + 3) + 3 * head
+
+
+def peak_tflops(device: Any, dtype: str) -> float | None:
+    """The datasheet peak of a device kind, when known."""
+    kind = getattr(device, "device_kind", "")
+    for name, peaks in PEAK_TFLOPS.items():
+        if name.lower() in kind.lower():
+            return peaks[dtype]
+    return None
+
+
+def sample_lengths(tokenizer: Any, n: int, max_length: int, seed: int = 0,
+                   data_dir: str | None = None) -> np.ndarray:
+    """Token lengths of STS-B training sentences (random sample), or 32 for every row when the data is absent."""
+    from sgcl_jax import sts
+
+    try:
+        sentences = sts.stsb_sentences(data_dir)
+    except (sts.MissingData, FileNotFoundError):
+        return np.full(n, 32)
+    pick = np.random.default_rng(seed).choice(len(sentences), n, replace=True)
+    ids = tokenizer([sentences[i] for i in pick], max_length=max_length, truncation=True)["input_ids"]
+    return np.array([len(x) for x in ids])
+
+
+def make_batches(lengths: np.ndarray, batch: int, buckets: Sequence[int], vocab: int, seed: int = 0
+                 ) -> list[dict[str, np.ndarray]]:
+    """Random-token batches with the given true lengths, padded to the trainer's buckets."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(0, len(lengths) - batch + 1, batch):
+        ls = lengths[s : s + batch]
+        width = bucket_length(int(ls.max()), buckets)
+        ids = rng.integers(1000, vocab, (batch, width)).astype(np.int32)
+        mask = (np.arange(width)[None] < ls[:, None]).astype(np.int32)
+        out.append({"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+    return out
+
+
+def _peak_memory(device: Any) -> float | None:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**30
+    return None
+
+
+def bench_jax(cfg: BertConfig, batches: list[dict[str, np.ndarray]], dtype: str, remat: bool, head_dim: int,
+              warmup: int) -> dict[str, Any]:
+    """Times the jitted train step; returns sentences/s, tokens/s, TFLOP/s, compile seconds, peak memory."""
+    from sgcl_jax.bert import Bert
+    from sgcl_jax.train_step import ObjectiveConfig, OptimConfig, create_train_state, jit_train_step
+
+    ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
+    guide = jax.jit(lambda k: Bert(cfg).init(k, ids, jax.numpy.ones_like(ids))["params"])(jax.random.key(0))
+    spec = ModelSpec(cfg, head_dim=head_dim, dtype=dtype, remat=remat)
+    tx, step = jit_train_step(spec, ObjectiveConfig(), OptimConfig(), 1000)
+    state = create_train_state(spec, guide, tx, 0)
+    device = jax.devices()[0]
+    batches = [jax.device_put(b, device) for b in batches]
+    t0 = time.perf_counter()
+    seen = set()
+    for b in batches:  # compile every bucket shape once
+        shape = b["input_ids"].shape
+        if shape not in seen:
+            seen.add(shape)
+            state, m = step(state, guide, b)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    for b in batches[:warmup]:
+        state, m = step(state, guide, b)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for b in batches:
+        state, m = step(state, guide, b)
+    jax.block_until_ready((state, m))
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "compile_seconds": compile_s, "shapes": sorted(seen),
+            "peak_memory_gib": _peak_memory(device), "loss": float(m["loss"])}
+
+
+def bench_torch(cfg: BertConfig, batches: list[dict[str, np.ndarray]], dtype: str, head_dim: int,
+                warmup: int) -> dict[str, Any]:
+    """Times `torch_reference.ReleasedStep`, the port of the released step that the oracle test checks (bf16 through
+    autocast), on the same batches and schedule as the JAX step."""
+    import torch
+
+    from sgcl_jax.torch_reference import ReleasedStep
+
+    ref = ReleasedStep(cfg, head_dim=head_dim, total_steps=1000, dtype=dtype)
+    on_device = [ref.to_device(b) for b in batches]
+    for b in on_device[: max(warmup, 1)]:
+        ref.step(b)
+    ref.synchronize()
+    if ref.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for b in on_device:
+        out = ref.step(b)
+    ref.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if ref.device.type == "cuda" else None
+    return {"seconds": seconds, "peak_memory_gib": peak, "loss": float(out["loss"]), "device": str(ref.device),
+            "torch_threads": torch.get_num_threads()}
+
+
+def bench_pipeline(batch: int, steps: int, max_length: int, tokenizer: str, data_dir: str | None) -> dict[str, Any]:
+    """The host side of training alone, pinned to one core: draw, tokenise, bucket-pad, assemble the global batch.
+
+    An accelerator step rate is only reachable if this keeps up with it (sentences/s here >= the step's).
+    """
+    import os
+
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the fast tokenizer's thread pool: one core, one thread
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        return _time_pipeline(batch, steps, max_length, tokenizer, data_dir)
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+def _time_pipeline(batch: int, steps: int, max_length: int, tokenizer: str, data_dir: str | None) -> dict[str, Any]:
+    from sgcl_jax import data, sharding, sts
+    from sgcl_jax.pretrained import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve(tokenizer))
+    try:
+        sentences = sts.stsb_sentences(data_dir)
+    except (sts.MissingData, FileNotFoundError):
+        sentences = [f"a synthetic sentence number {i} " + "word " * (i % 30) for i in range(20000)]
+    batches = data.Batches(sentences, tok, batch, 0, max_length, buckets_for(max_length))
+    mesh = sharding.make_mesh()
+    target = sharding.batch_sharding(mesh)
+    jax.block_until_ready(sharding.global_batch(batches(0), target))  # warm-up (tokenizer, transfer paths)
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        out = sharding.global_batch(batches(step), target)
+    jax.block_until_ready(out)
+    seconds = time.perf_counter() - t0
+    return {"batch": batch, "steps": steps, "seconds": seconds, "sentences_per_s": batch * steps / seconds,
+            "cores": 1, "sentences": len(sentences)}
+
+
+def run(model: str, dtype: str, batch: int, steps: int, lengths: str, with_torch: bool, remat: bool = False,
+        head_dim: int = 4096, max_length: int = 128, warmup: int = 3, data_dir: str | None = None,
+        tokenizer: str = "minilm") -> dict[str, Any]:
+    """One benchmark row: JAX (and PyTorch) on the same batches."""
+    cfg = SHAPES[model]
+    buckets = buckets_for(max_length)
+    if lengths == "stsb":
+        from sgcl_jax.pretrained import load_tokenizer, resolve
+
+        lens = sample_lengths(load_tokenizer(resolve(tokenizer)), batch * steps, max_length, data_dir=data_dir)
+    else:
+        lens = np.full(batch * steps, int(lengths))
+    batches = make_batches(lens, batch, buckets, cfg.vocab_size)
+    views = cfg.num_hidden_layers + 1
+    flops = sum(step_flops(cfg, batch, b["input_ids"].shape[1], views, head_dim) for b in batches)
+    tokens = int(sum(b["attention_mask"].sum() for b in batches))
+    device = jax.devices()[0]
+    peak = peak_tflops(device, dtype)
+    row: dict[str, Any] = {"model": model, "dtype": dtype, "batch": batch, "steps": len(batches), "lengths": lengths,
+                           "remat": remat, "device": getattr(device, "device_kind", str(device)),
+                           "mean_padded_length": float(np.mean([b["input_ids"].shape[1] for b in batches]))}
+    j = bench_jax(cfg, batches, dtype, remat, head_dim, warmup)
+    row["jax"] = {**j, "sentences_per_s": batch * len(batches) / j["seconds"], "tokens_per_s": tokens / j["seconds"],
+                  "tflops": flops / j["seconds"] / 1e12}
+    if peak:
+        row["jax"]["mfu"] = row["jax"]["tflops"] / peak
+    if with_torch:
+        t = bench_torch(cfg, batches, dtype, head_dim, warmup)
+        row["torch"] = {**t, "sentences_per_s": batch * len(batches) / t["seconds"],
+                        "tokens_per_s": tokens / t["seconds"], "tflops": flops / t["seconds"] / 1e12}
+        row["speedup"] = row["jax"]["sentences_per_s"] / row["torch"]["sentences_per_s"]
+    return row
+
+
+def bench_eval(model: str, dtype: str, data_dir: str | None, tokenizer: str = "minilm",
+               batch_size: int = 256) -> dict[str, Any]:
+    """Times encoding every distinct sentence of the available STS tasks ([CLS]), after a compiling pass."""
+    from sgcl_jax import sts
+    from sgcl_jax.bert import Bert
+    from sgcl_jax.encoder import embed_fn, run_sorted
+    from sgcl_jax.evaluate import load_sts_tasks
+    from sgcl_jax.pretrained import load_tokenizer, resolve
+
+    cfg = SHAPES[model]
+    tok = load_tokenizer(resolve(tokenizer))
+    loaded, missing = load_sts_tasks(sts.TASKS, data_dir)
+    unique = sts.distinct_sentences([sub for subs in loaded.values() for sub in subs])
+    ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
+    params = jax.jit(lambda k: Bert(cfg).init(k, ids, jax.numpy.ones_like(ids))["params"])(jax.random.key(0))
+    fn = embed_fn(cfg, dtype, "cls", "last")
+    t0 = time.perf_counter()
+    run_sorted(fn, params, tok, unique, batch_size)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_sorted(fn, params, tok, unique, batch_size)
+    return {"model": model, "dtype": dtype, "tasks": sorted(loaded), "missing": sorted(missing),
+            "sentences": len(unique), "first_pass_seconds": first, "seconds": time.perf_counter() - t0,
+            "device": getattr(jax.devices()[0], "device_kind", "cpu")}
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The results as a plain-text table."""
+    head = (f"{'model':<10} {'dtype':<8} {'batch':>5} {'impl':<6} {'sent/s':>9} {'tok/s':>10} {'TFLOP/s':>8} "
+            f"{'MFU':>6} {'mem GiB':>8} {'compile s':>9} {'speedup':>7}")
+    lines = [head]
+    for r in rows:
+        for impl in ("jax", "torch"):
+            if impl not in r:
+                continue
+            x = r[impl]
+            mfu = f"{x['mfu']:.1%}" if x.get("mfu") is not None else "-"
+            mem = f"{x['peak_memory_gib']:.2f}" if x.get("peak_memory_gib") is not None else "-"
+            comp = f"{x['compile_seconds']:.1f}" if "compile_seconds" in x else "-"
+            sp = f"{r['speedup']:.2f}x" if impl == "jax" and "speedup" in r else ""
+            lines.append(f"{r['model']:<10} {r['dtype']:<8} {r['batch']:>5} {impl:<6} {x['sentences_per_s']:>9.1f} "
+                         f"{x['tokens_per_s']:>10.0f} {x['tflops']:>8.3f} {mfu:>6} {mem:>8} {comp:>9} {sp:>7}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI."""
+    ap = argparse.ArgumentParser(prog="python -m sgcl_jax.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="minilm", help=f"comma-separated: {','.join(SHAPES)} (default: %(default)s)")
+    ap.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16 (default: %(default)s)")
+    ap.add_argument("--batch", default="16", help="comma-separated batch sizes (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per row (default: %(default)s)")
+    ap.add_argument("--lengths", default="stsb",
+                    help="'stsb' (sampled STS-B lengths) or a fixed token count (default: %(default)s)")
+    ap.add_argument("--torch", action="store_true",
+                    help="also time the PyTorch port of the released step (torch_reference)")
+    ap.add_argument("--remat", action="store_true", help="rematerialise BERT_T's layers (large batches)")
+    ap.add_argument("--head-dim", type=int, default=4096, help="projection head width (default: %(default)s)")
+    ap.add_argument("--data-dir", default=None, help="STS data folder (default: $SGCL_DATA_DIR)")
+    ap.add_argument("--tokenizer", default="minilm",
+                    help="tokenizer name or folder for the STS-B lengths (default: %(default)s)")
+    ap.add_argument("--eval", action="store_true", help="time encoding all STS tasks instead of the train step")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="time the host input pipeline alone (tokenise, pad, assemble) on one core")
+    ap.add_argument("--json", default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    if args.pipeline:
+        rows = [bench_pipeline(int(b), args.steps, 128, args.tokenizer, args.data_dir) for b in args.batch.split(",")]
+        for r in rows:
+            print(f"host pipeline, batch {r['batch']}: {r['sentences_per_s']:.0f} sentences/s on 1 core "
+                  f"({r['steps']} batches in {r['seconds']:.2f} s)")
+        if args.json:
+            from sgcl_jax.files import write_json
+
+            write_json(rows, args.json)
+        return 0
+    if args.eval:
+        rows = [bench_eval(m, d, args.data_dir, args.tokenizer) for m in args.model.split(",")
+                for d in args.dtype.split(",")]
+        for r in rows:
+            print(f"encode {r['sentences']} sentences of {','.join(r['tasks'])} with {r['model']} {r['dtype']} on "
+                  f"{r['device']}: {r['seconds']:.2f} s after compilation ({r['first_pass_seconds']:.2f} s first)")
+        if args.json:
+            from sgcl_jax.files import write_json
+
+            write_json(rows, args.json)
+        return 0
+    rows = []
+    for model in args.model.split(","):
+        for dtype in args.dtype.split(","):
+            for batch in (int(b) for b in args.batch.split(",")):
+                try:
+                    rows.append(run(model, dtype, batch, args.steps, args.lengths, args.torch, args.remat,
+                                    args.head_dim, data_dir=args.data_dir, tokenizer=args.tokenizer))
+                except Exception as e:  # an OOM at one size should not lose the other rows
+                    rows.append({"model": model, "dtype": dtype, "batch": batch, "error": f"{type(e).__name__}: "
+                                 f"{str(e)[:300]}"})
+                    print(f"{model} {dtype} {batch}: {rows[-1]['error']}", file=sys.stderr)
+                if "error" not in rows[-1]:
+                    print(format_rows(rows[-1:]), flush=True)
+    ok = [r for r in rows if "error" not in r]
+    print(format_rows(ok))
+    print(f"host max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    if args.json:
+        from sgcl_jax.files import write_json
+
+        write_json([{**r, "config": dataclasses.asdict(SHAPES[r["model"]])} for r in rows], args.json)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

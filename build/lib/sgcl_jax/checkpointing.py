@@ -1,0 +1,135 @@
+"""Orbax checkpoints of a run folder: the newest N train states, the best-on-dev params, and restores that
+fall back past a damaged save.
+
+Layout of a run folder (see runs.py for the rest):
+    checkpoints/<step>/      state (trainable params, optimizer state, step, PRNG key, divergence flag) + meta
+    best/<step>/             the trainable params of the best dev score + meta
+The guide is never saved: it is re-derived from the config and checked against the run's identity in meta.
+Orbax writes each step to a temporary folder and renames it when complete, so a kill never leaves half a
+save; temporary folders left by a kill are removed when the folder is next opened for writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+STATE, BEST = "checkpoints", "best"
+
+
+def abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of a pytree (concrete or already abstract): Orbax's restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)
+
+
+def set_aside(path: Path) -> Path:
+    """Renames a damaged checkpoint folder out of Orbax's view (never deletes what a user may want back)."""
+    target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(target)
+    return target
+
+
+def _manager(folder: Path, keep: int, writable: bool, async_save: bool = True) -> ocp.CheckpointManager:
+    # A reading manager never saves, so its preservation policy never deletes; Orbax's read_only mode is not
+    # used because it warns on every open.
+    return ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=writable,
+        cleanup_tmp_directories=writable, enable_async_checkpointing=async_save))
+
+
+def _restore_newest(mngr: ocp.CheckpointManager, args: Any, what: str,
+                    steps: list[int] | None = None) -> tuple[int, Any] | None:
+    """(step, restored) of the newest step that restores; each one that fails is reported and set aside."""
+    for step in sorted(mngr.all_steps() if steps is None else steps, reverse=True):
+        try:
+            return step, mngr.restore(step, args=args)
+        except Exception as e:  # TensorStore, JSON and missing-file errors all mean the same here: damaged
+            if jax.process_index() == 0:
+                moved = set_aside(Path(mngr.directory) / str(step))
+                log.warning("%s %s/%d does not restore (%s: %s); set aside as %s, trying the next older one",
+                            what, Path(mngr.directory), step, type(e).__name__, str(e).splitlines()[0][:200],
+                            moved.name)
+            mngr.reload()
+    return None
+
+
+class Checkpoints:
+    """A run folder's two Orbax CheckpointManagers: periodic state (the newest `keep`) and best params (1)."""
+
+    def __init__(self, workdir: str | Path, keep: int = 2, async_save: bool = True, writable: bool = True):
+        workdir = Path(workdir).absolute()  # Orbax needs absolute paths
+        self.state = _manager(workdir / STATE, keep, writable, async_save)
+        self.best = _manager(workdir / BEST, 1, writable, async_save)
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Saves the full train state and its metadata at `step` (asynchronously)."""
+        self.state.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta)), force=True)
+
+    def save_best(self, step: int, params: Any, meta: dict[str, Any]) -> None:
+        """Replaces the best checkpoint with these trainable params."""
+        if step in self.best.all_steps():  # a resumed run reaching the same step again: replace it
+            self.best.delete(step)
+        self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                     meta=ocp.args.JsonSave(meta)), force=True)
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete periodic save."""
+        return self.state.latest_step()
+
+    def restore(self, like: Any) -> tuple[Any, dict[str, Any]] | None:
+        """(state, meta) of the newest periodic save that restores, laid out like `like`; None when none does."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore())
+        found = _restore_newest(self.state, args, "checkpoint")
+        return None if found is None else (found[1]["state"], found[1]["meta"])
+
+    def read_meta(self) -> dict[str, Any] | None:
+        """The metadata of the newest periodic save whose metadata reads (no arrays read)."""
+        found = _restore_newest(self.state, ocp.args.Composite(meta=ocp.args.JsonRestore()), "checkpoint")
+        return None if found is None else found[1]["meta"]
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are on disk."""
+        self.state.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the managers."""
+        self.state.close()
+        self.best.close()
+
+
+def has_checkpoints(workdir: str | Path) -> bool:
+    """Whether a folder holds a training run's checkpoints/ folder."""
+    return (Path(workdir) / STATE).is_dir()
+
+
+def restore(workdir: str | Path, which: str, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
+    """The stored tree (the state for 'latest', the params for 'best') and its meta, laid out like `like`.
+
+    With `step`, exactly that checkpoint; without, the newest that restores. None when there is none.
+    """
+    if which not in ("best", "latest"):
+        raise ValueError(f"which={which!r}: choose 'best' or 'latest'")
+    sub, item = (BEST, "params") if which == "best" else (STATE, "state")
+    folder = Path(workdir).absolute() / sub
+    if not folder.is_dir():
+        return None
+    mngr = _manager(folder, 1, writable=False)
+    try:
+        if step is not None and step not in mngr.all_steps():
+            raise FileNotFoundError(f"{workdir}: no checkpoint {sub}/{step} (have {sorted(mngr.all_steps())})")
+        args = ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract(like)), "meta": ocp.args.JsonRestore()})
+        found = _restore_newest(mngr, args, f"{which} checkpoint", None if step is None else [step])
+    finally:
+        mngr.close()
+    if found is None:
+        return None
+    return found[1][item], {**found[1]["meta"], "checkpoint": f"{sub}/{found[0]}"}

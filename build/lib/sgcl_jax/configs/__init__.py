@@ -1,0 +1,1 @@
+"""The shipped configs (installed as sgcl_jax.configs): python -m sgcl_jax.train --config <name>."""

@@ -1,0 +1,172 @@
+"""TrainState, the optimizer, and the pure train step (one jit per bucket shape)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from sgcl_jax import losses
+from sgcl_jax.model import ModelSpec, Params, forward, init_trainable, regulariser
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW + warmup/linear decay + global-norm clipping; the defaults are SG-BERT's."""
+
+    lr: float = 5e-5
+    b1: float = 0.9
+    b2: float = 0.9
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    clip_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = {"lr": self.lr > 0, "b1": 0 <= self.b1 < 1, "b2": 0 <= self.b2 < 1, "eps": self.eps > 0,
+                  "weight_decay": self.weight_decay >= 0, "warmup_ratio": 0 <= self.warmup_ratio <= 1,
+                  "clip_norm": self.clip_norm > 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"optim.{name}: {getattr(self, name)} is out of range "
+                                 "(lr, eps, clip_norm > 0; b1, b2 in [0, 1); warmup_ratio in [0, 1])")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Which loss, its temperature and the regulariser's weight."""
+
+    name: str = "sg_opt"
+    tau: float = 0.01
+    lam: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.name not in losses.OBJECTIVES:
+            raise ValueError(f"objective.name: {self.name!r}: choose from {losses.OBJECTIVES}")
+        if not self.tau > 0:
+            raise ValueError(f"objective.tau: {self.tau}: must be > 0")
+        if not self.lam >= 0:
+            raise ValueError(f"objective.lam: {self.lam}: must be >= 0")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What changes during training: the trainable tree, its optimizer state, the step and the base PRNG key."""
+
+    step: jax.Array
+    params: Params
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data: plain arrays checkpoint everywhere
+    # The first step whose loss or gradient norm was not finite (-1: none). Kept on device, so divergence is
+    # caught without a host sync per step: the trainer reads it before every save and dev evaluation.
+    first_nonfinite: jax.Array
+
+
+def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
+    """ceil(warmup_ratio x total steps), as the released training.py counts them."""
+    return math.ceil(round(cfg.warmup_ratio * total_steps, 6))  # round: 0.1 * 1080 is 108.00000000000001
+
+
+def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup over the first warmup_ratio of the steps, then linear decay to 0 (HF's linear schedule)."""
+    warmup = warmup_steps(cfg, total_steps)
+    decay = optax.linear_schedule(cfg.lr, 0.0, max(total_steps - warmup, 1))
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+def decay_mask(params: Params) -> Params:
+    """Weight decay on weight matrices only; biases and LayerNorm params are excluded."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """clip_by_global_norm then AdamW, on the trainable tree only (the guide and the embeddings are not in it)."""
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.adamw(lr_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                    weight_decay=cfg.weight_decay, mask=decay_mask),
+    )
+
+
+def create_train_state(spec: ModelSpec, guide: Params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """The initial state: BERT_T = guide copy, a fresh head, fresh optimizer moments."""
+    init_key, run_key = jax.random.split(jax.random.key(seed))
+    params = init_trainable(spec, guide, init_key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(run_key), first_nonfinite=jnp.full((), -1, jnp.int32))
+
+
+def step_rng(state: TrainState) -> jax.Array:
+    """The step's key, derived from the base key and the step so that a resumed run draws the same numbers."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def loss_fn(spec: ModelSpec, obj: ObjectiveConfig, trainable: Params, guide: Params, batch: dict[str, jax.Array],
+            rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """objective + lambda * regulariser, with the similarity statistics as aux metrics."""
+    k_fwd, k_view = jax.random.split(rng)
+    _, _, fc, fh = forward(spec, trainable, guide, batch, k_fwd, train=True)
+    objective = losses.sampled_view_loss(obj.name, fc, fh, obj.tau, k_view)
+    reg = regulariser(trainable, guide)
+    sims = losses.sg_opt_logits(fc, fh, 1.0)
+    own = jnp.eye(sims.shape[0], dtype=bool)[:, :, None]
+    own = jnp.broadcast_to(own, sims.shape)
+    metrics = {
+        "objective": objective,
+        "regulariser": reg,
+        "pos_sim": jnp.sum(jnp.where(own, sims, 0)) / jnp.sum(own),
+        "neg_sim": jnp.sum(jnp.where(own, 0, sims)) / jnp.maximum(jnp.sum(~own), 1),
+    }
+    return objective + obj.lam * reg, metrics
+
+
+def train_step(state: TrainState, guide_params: Params, batch: dict[str, jax.Array], rng: jax.Array, *,
+               spec: ModelSpec, objective: ObjectiveConfig, tx: optax.GradientTransformation,
+               schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on the trainable tree; the guide is read, never differentiated or updated."""
+    grad_fn = jax.value_and_grad(lambda p: loss_fn(spec, objective, p, guide_params, batch, rng), has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    first_nonfinite = jnp.where((state.first_nonfinite < 0) & ~finite, state.step + 1, state.first_nonfinite)
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         first_nonfinite=first_nonfinite), metrics
+
+
+@functools.lru_cache(maxsize=32)
+def jit_train_step(spec: ModelSpec, objective: ObjectiveConfig, optim: OptimConfig, total_steps: int,
+                   state_sharding: Any = None, guide_sharding: Any = None, batch_sharding: Any = None
+                   ) -> tuple[optax.GradientTransformation, Callable[..., tuple[TrainState, dict]]]:
+    """(tx, jitted step(state, guide, batch)): `train_step` with the step's key derived in-graph from the state.
+
+    Cached on its (hashable) arguments, so runs of one configuration in a process share one compiled step.
+
+    The state is donated, the guide never is. With shardings given (see sharding.py) the step is one program
+    over global arrays: the batch is split on the mesh's data axis and the loss still sees every sentence of
+    the global batch as a negative.
+    """
+    tx = make_optimizer(optim, total_steps)
+    step = functools.partial(train_step, spec=spec, objective=objective, tx=tx,
+                             schedule=lr_schedule(optim, total_steps))
+
+    def fn(state: TrainState, guide: Params, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        return step(state, guide, batch, step_rng(state))
+
+    kwargs = {}
+    if state_sharding is not None:
+        repl = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+        kwargs = {"in_shardings": (state_sharding, guide_sharding, batch_sharding),
+                  "out_shardings": (state_sharding, repl)}
+    return tx, jax.jit(fn, donate_argnums=(0,), **kwargs)
