@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import resource
 import sys
 import time
@@ -248,6 +250,67 @@ def bench_eval(model: str, dtype: str, data_dir: str | None, tokenizer: str = "m
             "device": getattr(jax.devices()[0], "device_kind", "cpu")}
 
 
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's measured fp32 matmul rate in FLOP/s (best of `repeats` n x n products, jitted)."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, a))
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def bench_transfer(encoder_name: str, tasks: Sequence[str], classifier: str, kfold: int, seeds: Sequence[int],
+                   senteval_dir: str | None, sklearn_tasks: Sequence[str], pooling: str = "cls") -> dict[str, Any]:
+    """Times the transfer evaluation (encoding included) and its classifier stage against the measured matmul
+    rate; with `sklearn_tasks`, also the same logreg penalty-search fits run one after another with scikit-learn."""
+    from sgcl_jax import transfer
+    from sgcl_jax.evaluate import Settings, evaluate
+    from sgcl_jax.runs import load_encoder
+
+    rate = matmul_rate()
+    encoder = load_encoder(encoder_name, pooling=pooling)
+    t0 = time.perf_counter()
+    result = evaluate(encoder, tasks, Settings(senteval_dir=senteval_dir, classifier=classifier, kfold=kfold,
+                                               classifier_seeds=tuple(seeds)))
+    total = time.perf_counter() - t0
+    fit_seconds = sum(r["classifier_seconds"] for r in result["tasks"].values())
+    gflops = sum(r["classifier_gflops"] for r in result["tasks"].values())
+    row = {"encoder": encoder_name, "classifier": classifier, "kfold": kfold, "seeds": list(seeds),
+           "tasks": {t: {k: r[k] for k in ("score", "std", "fits", "classifier_seconds", "classifier_gflops")}
+                     for t, r in result["tasks"].items()},
+           "missing": sorted(result["missing"]), "total_seconds": total, "classifier_seconds": fit_seconds,
+           "encode_seconds": total - fit_seconds, "classifier_gflop_per_s": gflops / max(fit_seconds, 1e-9),
+           "matmul_gflop_per_s": rate / 1e9}
+    row["fraction_of_matmul_rate"] = row["classifier_gflop_per_s"] / row["matmul_gflop_per_s"]
+    if sklearn_tasks:
+        row["sklearn"] = {t: _sklearn_race(transfer, encoder, t, kfold, seeds, senteval_dir) for t in sklearn_tasks}
+    return row
+
+
+def _sklearn_race(transfer: Any, encoder: Any, name: str, kfold: int, seeds: Sequence[int],
+                  senteval_dir: str | None) -> dict[str, Any]:
+    """The logreg penalty search of one inner-k-fold task: our vmapped program against scikit-learn, fit by fit."""
+    from sklearn.linear_model import LogisticRegression
+
+    task = transfer.load_task(name, senteval_dir)
+    if task.protocol != "inner_kfold":
+        raise ValueError(f"--sklearn {name}: pick an inner k-fold task (MR, CR, SUBJ, MPQA)")
+    x = encoder.encode(task.splits["all"][0], batch_size=64)
+    y = task.splits["all"][1]
+    _, fits, _ = transfer.inner_search(y, kfold, seeds, transfer.LOGREG_GRID["inner_kfold"])
+    _, ours, stats = transfer.run_fits("logreg", x, y, task.nclasses, fits)
+    t0 = time.perf_counter()
+    theirs = [LogisticRegression(C=fits.reg[i], tol=1e-5, max_iter=1000).fit(x[fits.train[i]], y[fits.train[i]])
+              .score(x[fits.val[i]], y[fits.val[i]]) for i in range(len(fits))]
+    sk_seconds = time.perf_counter() - t0
+    return {"fits": len(fits), "jax_seconds": stats.seconds, "sklearn_seconds": sk_seconds,
+            "speedup": sk_seconds / stats.seconds, "max_accuracy_difference": float(np.max(np.abs(ours - theirs)))}
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The results as a plain-text table."""
     head = (f"{'model':<10} {'dtype':<8} {'batch':>5} {'impl':<6} {'sent/s':>9} {'tok/s':>10} {'TFLOP/s':>8} "
@@ -287,8 +350,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--eval", action="store_true", help="time encoding all STS tasks instead of the train step")
     ap.add_argument("--pipeline", action="store_true",
                     help="time the host input pipeline alone (tokenise, pad, assemble) on one core")
+    ap.add_argument("--transfer", action="store_true",
+                    help="time the SentEval transfer evaluation (encoding + every classifier fit)")
+    ap.add_argument("--encoder", default="minilm", help="for --transfer: a model name, folder or run "
+                    "(default: %(default)s)")
+    ap.add_argument("--pooling", default="cls", help="for --transfer (default: %(default)s)")
+    ap.add_argument("--tasks", default="transfer", help="for --transfer (default: %(default)s)")
+    ap.add_argument("--classifier", default="logreg", help="for --transfer: logreg or mlp (default: %(default)s)")
+    ap.add_argument("--kfold", type=int, default=10, help="for --transfer (default: %(default)s)")
+    ap.add_argument("--seeds", default="1111", help="for --transfer: classifier seeds (default: %(default)s)")
+    ap.add_argument("--senteval-dir", default=None, help="for --transfer (default: $SGCL_SENTEVAL_DIR)")
+    ap.add_argument("--sklearn", default="", help="for --transfer: inner k-fold tasks whose logreg search is also "
+                    "run fit by fit with scikit-learn, e.g. MR (default: none)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
+    if args.transfer:
+        from sgcl_jax.tasks import expand
+
+        row = bench_transfer(args.encoder, expand(args.tasks.split(",")), args.classifier, args.kfold,
+                             [int(s) for s in args.seeds.split(",")], args.senteval_dir,
+                             [t for t in args.sklearn.split(",") if t], args.pooling)
+        print(json.dumps(row, indent=2))
+        if args.json:
+            from sgcl_jax.files import write_json
+
+            write_json(row, args.json)
+        return 0
     if args.pipeline:
         rows = [bench_pipeline(int(b), args.steps, 128, args.tokenizer, args.data_dir) for b in args.batch.split(",")]
         for r in rows:

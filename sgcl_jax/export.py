@@ -63,12 +63,12 @@ def check_target(out: Path, source: Path | None, overwrite: bool) -> None:
                               "those. Choose another --out")
 
 
-def _write_hf(folder: Path, pre: Pretrained, bert_params: Any, tokenizer: Any, max_length: int) -> None:
+def _write_hf(folder: Path, pretrained: Pretrained, bert_params: Any, tokenizer: Any, max_length: int) -> None:
     from safetensors.numpy import save_file
 
-    sd = state_dict_from_params(bert_params, pooler_for_export(pre))
+    sd = state_dict_from_params(bert_params, pooler_for_export(pretrained))
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(pre.config.to_hf_dict(), indent=2))
+    (folder / "config.json").write_text(json.dumps(pretrained.config.to_hf_dict(), indent=2))
     # transformers users who tokenize with truncation=True then cut where the JAX encoder cuts.
     tokenizer.model_max_length = max_length
     tokenizer.save_pretrained(str(folder))
@@ -178,9 +178,9 @@ def verify(folder: Path, encoder: SentenceEncoder, sentence_transformers: bool) 
     return diffs
 
 
-def export(encoder: SentenceEncoder, pre: Pretrained, out: str | Path, fmt: str = "both", overwrite: bool = False,
-           config: dict[str, Any] | None = None, results: dict[str, Any] | None = None, command: str = "",
-           source: Path | None = None, base_model: str | None = None) -> dict[str, float]:
+def export(encoder: SentenceEncoder, pretrained: Pretrained, out: str | Path, fmt: str = "both",
+           overwrite: bool = False, config: dict[str, Any] | None = None, results: dict[str, Any] | None = None,
+           command: str = "", source: Path | None = None, base_model: str | None = None) -> dict[str, float]:
     """Writes, verifies and atomically places the export; returns the measured max abs differences."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: choose from {FORMATS}")
@@ -189,7 +189,7 @@ def export(encoder: SentenceEncoder, pre: Pretrained, out: str | Path, fmt: str 
     out = Path(out)
     check_target(out, source, overwrite)
     with staged_dir(out) as tmp:
-        _write_hf(tmp, pre, encoder.params, encoder.tokenizer, encoder.max_length)
+        _write_hf(tmp, pretrained, encoder.params, encoder.tokenizer, encoder.max_length)
         st = fmt in ("sentence-transformers", "both")
         if st:
             _write_sentence_transformers(tmp, encoder, base_model, config)
@@ -223,18 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         src, _, _ = resolve_checkpoint(args.checkpoint)
         if is_run(src):
             run = load_run(args.checkpoint, args.which)
-            pre, encoder = run.guide, run.encoder(max_length=args.max_length)
+            pretrained, encoder = run.guide, run.encoder(max_length=args.max_length)
             config, results = run.config.to_dict(), run.results
             base_model, source = base_model_id(run.config.model.name), run.workdir
         else:
             if src.is_dir() and not (src / "config.json").exists():
                 raise FileNotFoundError(f"{src}: neither a training run folder (no checkpoints/) nor a model folder")
-            pre = load_pretrained(args.checkpoint)
-            encoder = SentenceEncoder(pre.config, pre.params, pre.tokenizer, max_length=args.max_length or 128,
-                                      source=args.checkpoint)
+            pretrained = load_pretrained(args.checkpoint)
+            encoder = SentenceEncoder(pretrained.config, pretrained.params, pretrained.tokenizer,
+                                      max_length=args.max_length or 128, source=args.checkpoint)
             base_model = base_model_id(args.checkpoint)
-            source = Path(pre.source)
-        diffs = export(encoder, pre, args.out, args.format, args.overwrite, config, results, command, source,
+            source = Path(pretrained.source)
+        diffs = export(encoder, pretrained, args.out, args.format, args.overwrite, config, results, command, source,
                        base_model)
     except (OSError, ValueError, ExportError, RunError) as e:
         if args.verbose:

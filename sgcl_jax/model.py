@@ -43,9 +43,10 @@ class ModelSpec:
     @classmethod
     def from_config(cls, cfg: Any, bert: BertConfig) -> ModelSpec:
         """The spec of a run config (its `model` and `guide` sections) for this architecture; checks the layers."""
-        m, g = cfg.model, cfg.guide
-        spec = cls(bert=bert, head=m.head, head_dim=m.head_dim, dtype=m.dtype, guide_pooling=g.pooling,
-                   layer_min=g.layer_min, layer_max=g.layer_max, guide_dropout=g.dropout, remat=m.remat)
+        model, guide = cfg.model, cfg.guide
+        spec = cls(bert=bert, head=model.head, head_dim=model.head_dim, dtype=model.dtype, guide_pooling=guide.pooling,
+                   layer_min=guide.layer_min, layer_max=guide.layer_max, guide_dropout=guide.dropout,
+                   remat=model.remat)
         spec.layers  # noqa: B018 - refuses a bad layer range now, not inside jit
         return spec
 

@@ -221,12 +221,12 @@ def random_pretrained(config: BertConfig, seed: int, tokenizer_from: str = BUNDL
     return Pretrained(config, params, load_tokenizer(resolve(tokenizer_from)), None, f"random(seed={seed})")
 
 
-def pooler_for_export(pre: Pretrained, seed: int = 0) -> dict[str, np.ndarray]:
+def pooler_for_export(pretrained: Pretrained, seed: int = 0) -> dict[str, np.ndarray]:
     """The source's pooler tensors, or HF-style initialised ones when the source has none (a BertModel needs one)."""
-    if pre.pooler is not None:
-        return pre.pooler
-    d, rng = pre.config.hidden_size, np.random.default_rng(seed)
+    if pretrained.pooler is not None:
+        return pretrained.pooler
+    d, rng = pretrained.config.hidden_size, np.random.default_rng(seed)
     return {
-        "pooler.dense.weight": (rng.standard_normal((d, d)) * pre.config.initializer_range).astype(np.float32),
+        "pooler.dense.weight": (rng.standard_normal((d, d)) * pretrained.config.initializer_range).astype(np.float32),
         "pooler.dense.bias": np.zeros((d,), np.float32),
     }

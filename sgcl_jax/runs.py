@@ -195,8 +195,8 @@ def load_encoder(source: str = "minilm", which: str = "best", **overrides: Any) 
     workdir, _, _ = resolve_checkpoint(source)
     if is_run(workdir):
         return load_run(source, which).encoder(**overrides)
-    pre = load_pretrained(source)
-    return SentenceEncoder(pre.config, pre.params, pre.tokenizer, source=pre.source,
+    pretrained = load_pretrained(source)
+    return SentenceEncoder(pretrained.config, pretrained.params, pretrained.tokenizer, source=pretrained.source,
                            **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -166,7 +166,7 @@ def jit_train_step(spec: ModelSpec, objective: ObjectiveConfig, optim: OptimConf
 
     kwargs = {}
     if state_sharding is not None:
-        repl = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+        replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
         kwargs = {"in_shardings": (state_sharding, guide_sharding, batch_sharding),
-                  "out_shardings": (state_sharding, repl)}
+                  "out_shardings": (state_sharding, replicated)}
     return tx, jax.jit(fn, donate_argnums=(0,), **kwargs)

@@ -167,8 +167,8 @@ def train_one(cfg: Config, workdir: Path) -> dict[str, Any]:
     proc0 = jax.process_index() == 0
 
     # -- everything that can fail on bad input happens before the run folder is touched
-    guide_pre = load_guide(cfg.model)
-    spec = ModelSpec.from_config(cfg, guide_pre.config)
+    guide_model = load_guide(cfg.model)
+    spec = ModelSpec.from_config(cfg, guide_model.config)
     sentences, shared = data.load_sentences(cfg.data)
     overlap = data.test_set_overlap(sentences, cfg.data.data_dir or None)
     if overlap:
@@ -177,11 +177,11 @@ def train_one(cfg: Config, workdir: Path) -> dict[str, Any]:
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
     sharding.check_batch(cfg.data.batch_size, mesh)
     sharding.log_mesh(mesh, cfg.data.batch_size)
-    batches = data.Batches(sentences, guide_pre.tokenizer, cfg.data.batch_size, cfg.seed, cfg.model.max_length,
+    batches = data.Batches(sentences, guide_model.tokenizer, cfg.data.batch_size, cfg.seed, cfg.model.max_length,
                            cfg.data.buckets, jax.process_index(), jax.process_count(), shared,
                            None if shared else sharding.max_over_processes)
     total = cfg.train.num_steps or cfg.data.num_epochs * batches.steps_per_epoch
-    run_identity = {**identity(cfg), "guide.fingerprint": guide_pre.fingerprint(),
+    run_identity = {**identity(cfg), "guide.fingerprint": guide_model.fingerprint(),
                     "data.fingerprint": data.fingerprint(sentences) if shared else "per-process"}
     dev = _dev_set(cfg)
 
@@ -189,13 +189,13 @@ def train_one(cfg: Config, workdir: Path) -> dict[str, Any]:
     if lock is not None:
         lock.__enter__()
     try:
-        return _train_locked(cfg, workdir, guide_pre, spec, batches, total, run_identity, dev, mesh, proc0)
+        return _train_locked(cfg, workdir, guide_model, spec, batches, total, run_identity, dev, mesh, proc0)
     finally:
         if lock is not None:
             lock.__exit__()
 
 
-def _train_locked(cfg: Config, workdir: Path, guide_pre: Any, spec: ModelSpec, batches: data.Batches, total: int,
+def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec, batches: data.Batches, total: int,
                   run_identity: dict[str, Any], dev: sts.Subset | None, mesh: Any, proc0: bool) -> dict[str, Any]:
     # -- resume check: a run folder with checkpoints continues only the same run
     meta = None
@@ -207,10 +207,11 @@ def _train_locked(cfg: Config, workdir: Path, guide_pre: Any, spec: ModelSpec, b
         write_json({**cfg.to_dict()}, workdir / runs.CONFIG)
 
     # -- state: fresh, or the newest checkpoint that restores
-    repl, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    guide = sharding.put_replicated(guide_pre.params, mesh)
-    tx, step_fn = jit_train_step(spec, cfg.objective, cfg.optim, total, repl, repl, batch_sharding)
-    state = jax.jit(lambda g: create_train_state(spec, g, tx, cfg.seed), out_shardings=repl)(guide)
+    replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    guide = sharding.put_replicated(guide_model.params, mesh)
+    tx, step_fn = jit_train_step(spec, cfg.objective, cfg.optim, total, replicated, replicated,
+                                 batch_sharding)
+    state = jax.jit(lambda g: create_train_state(spec, g, tx, cfg.seed), out_shardings=replicated)(guide)
     ckpt = checkpointing.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
     run = RunState()
     if meta is not None:
@@ -223,8 +224,8 @@ def _train_locked(cfg: Config, workdir: Path, guide_pre: Any, spec: ModelSpec, b
 
     def sentence_encoder(trainable: Any, label: str = "") -> SentenceEncoder:
         """BERT_T (the guide's frozen embeddings + these layers) as this host's evaluation encoder."""
-        params = sharding.to_host(trained_bert(trainable, guide)) if trainable is not None else guide_pre.params
-        return SentenceEncoder(guide_pre.config, params, guide_pre.tokenizer, cfg.model.max_length,
+        params = sharding.to_host(trained_bert(trainable, guide)) if trainable is not None else guide_model.params
+        return SentenceEncoder(guide_model.config, params, guide_model.tokenizer, cfg.model.max_length,
                                cfg.eval.dtype, cfg.eval.pooling, source=label)
 
     def dev_eval(step: int, trainable: Any, counts: bool) -> None:

@@ -470,16 +470,22 @@ def cross_validate(task: TransferTask, features: dict[str, np.ndarray], classifi
     return out, stats
 
 
-def _inner_kfold(classifier, x, y, nclasses, kfold, seeds, regs, cfg, stats) -> list[dict[str, Any]]:
+def inner_search(y: np.ndarray, kfold: int, seeds: Sequence[int], regs: Sequence[float]
+                 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], Fits, dict[tuple[int, ...], int]]:
+    """InnerKFoldClassifier's outer folds and its penalty search: a fit per (seed, outer fold, penalty, inner fold)."""
     outer = _stratified(kfold, INNER_SEED, y)
-    inner = [[(tr[a], tr[b]) for a, b in _stratified(kfold, INNER_SEED, y[tr])] for tr, _ in outer]
-    search = Fits([], [], [], [])
-    index = {}
-    for s in seeds:
-        for o in range(kfold):
+    search, index = Fits([], [], [], []), {}
+    for o, (tr, _) in enumerate(outer):
+        inner = [(tr[a], tr[b]) for a, b in _stratified(kfold, INNER_SEED, y[tr])]
+        for s in seeds:
             for r, reg in enumerate(regs):
-                for i, (a, b) in enumerate(inner[o]):
+                for i, (a, b) in enumerate(inner):
                     index[s, o, r, i] = search.add(a, b, reg, s)
+    return outer, search, index
+
+
+def _inner_kfold(classifier, x, y, nclasses, kfold, seeds, regs, cfg, stats) -> list[dict[str, Any]]:
+    outer, search, index = inner_search(y, kfold, seeds, regs)
     _, val, st = run_fits(classifier, x, y, nclasses, search, cfg)
     stats.add(st)
     final, chosen = Fits([], [], [], []), {}

@@ -93,3 +93,20 @@ def test_layer_grid_writes_table_and_png(minilm, data_dir, tmp_path):
     assert scores[-1, 0] == pytest.approx(73.50, abs=0.05) and scores[-1, 1] == pytest.approx(82.03, abs=0.05)
     ev.plot_layer_grid(grid, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_pairs_writes_the_picture_and_the_cosines(tmp_path, data_dir, capsys):
+    out = tmp_path / "pairs.png"
+    rc = ev.main(["--model", "minilm", "--model", "minilm", "--pooling", "mean", "--plot-pairs", str(out),
+                  "--projection", "pca", "--data-dir", str(data_dir), "--out", str(tmp_path / "pairs.json")])
+    assert rc == 0
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1000, 500)  # two 5-inch panels at 100 dpi
+    rows = json.loads((tmp_path / "pairs.json").read_text())
+    assert len(rows) == 2 and rows[0] == rows[1]  # the same model twice: the same numbers
+    assert rows[0]["positive_cosine"] > rows[0]["negative_cosine"]
+    assert "mean cosine of positive pairs" in capsys.readouterr().out
+    positives, negatives = ev.sample_pairs(data_dir, 20, 0)
+    assert len(positives) == len(negatives) == 20 and positives == ev.sample_pairs(data_dir, 20, 0)[0]

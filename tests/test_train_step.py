@@ -138,3 +138,15 @@ def test_without_head_the_loss_is_sg_opt_on_cls_and_views(spec, tiny):
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, guide_before, jax.tree.map(np.asarray, tiny.params))))
     moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params["encoder"], tiny.params["encoder"])
     assert all(jax.tree.leaves(moved))
+
+
+def test_layer_range_is_inclusive_and_equals_the_released_slice(tiny):
+    """guide.layer_min..layer_max is inclusive; the released --lmin a --lmax b is the slice [a:b] (-1: all)."""
+    n = tiny.config.num_hidden_layers
+    hidden_states = list(range(n + 1))
+    for lmin, lmax in [(0, -1), (0, 2), (1, 3), (1, -1), (2, 3)]:
+        released = hidden_states[lmin : n + 1 if lmax == -1 else lmax]
+        ours = ModelSpec(tiny.config, layer_min=lmin, layer_max=-1 if lmax == -1 else lmax - 1).layers
+        assert list(ours) == released, (lmin, lmax)
+    with pytest.raises(ValueError, match="outside"):
+        ModelSpec(tiny.config, layer_min=2, layer_max=1).layers  # noqa: B018

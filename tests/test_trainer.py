@@ -202,9 +202,10 @@ def test_batches_are_deterministic_and_split_by_process(tiny):
 
 
 def test_multi_seed_summary(tmp_path, tiny_config):
-    overrides = {"seeds": (1, 2), "train.num_steps": 4, "train.eval_every": 2}
+    # Trained in bf16: selection and the final scores are still computed in fp32 (eval.dtype).
+    overrides = {"seeds": (1, 2), "train.num_steps": 4, "train.eval_every": 2, "model.dtype": "bfloat16"}
     first = train_and_evaluate(tiny_config(**overrides, **{"eval.also_last": False}), tmp_path)
-    assert "last" not in first
+    assert "last" not in first and first["protocol"]["dtype"] == "float32"
     # Re-running finished seeds trains nothing; asking for the last checkpoints scores them from disk.
     res = train_and_evaluate(tiny_config(**overrides), tmp_path)
     assert res["tasks"] == first["tasks"]
