@@ -4,18 +4,32 @@ fixtures in the released formats, and a local HTTP mirror."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
-import shutil
-import sys
-import threading
-import zipfile
 from pathlib import Path
 
-import pytest
+# One persistent XLA compilation cache for the test process and every subprocess it starts: the tiny model's
+# programs are compiled once per run of the suite instead of once per process (set before JAX is imported).
+_CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax_compilation"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-from sgcl_jax.bert import BertConfig
+import functools  # noqa: E402
+import http.server  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import zipfile  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from sgcl_jax.bert import BertConfig  # noqa: E402
+
+# In case a plugin imported JAX before the variables above were set.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -104,8 +118,8 @@ def train_cmd(repo_root):
 
 @pytest.fixture(scope="session")
 def subprocess_env(data_dir):
-    """Environment for subprocesses: the data folder, CPU, a shared compilation cache."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    """Environment for subprocesses: the data folder, CPU, the shared compilation cache, no other JAX settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or "CACHE" in k}
     return {**env, "SGCL_DATA_DIR": str(data_dir), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 
