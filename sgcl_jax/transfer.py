@@ -363,7 +363,7 @@ class Stats:
 
 
 def run_fits(classifier: str, x: np.ndarray, y: np.ndarray, nclasses: int, fits: Fits, cfg: MLPConfig = MLPConfig(),
-             chunk: int = 128, tol: float = 1e-5, max_iter: int = 1000) -> tuple[list[Any], np.ndarray, Stats]:
+             chunk: int = 512, tol: float = 1e-5, max_iter: int = 1000) -> tuple[list[Any], np.ndarray, Stats]:
     """Trains every fit, `chunk` at a time in one vmapped program -> (params per fit, validation accuracy per fit
     (NaN where a fit has no validation rows), stats). Chunks are padded to a fixed shape: one compile per task."""
     if classifier not in ("logreg", "mlp"):

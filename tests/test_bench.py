@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from sgcl_jax import bench
 from sgcl_jax.bert import BertConfig
@@ -17,6 +18,7 @@ def test_flop_count_by_hand():
     assert bench.step_flops(cfg, batch=1, length=1, views=2, head_dim=2) == 4 * 272 + 3 * 72
 
 
+@pytest.mark.slow
 def test_harness_runs_with_torch_baseline(tmp_path, data_dir, capsys):
     out = tmp_path / "bench.json"
     rc = bench.main(["--model", "tiny", "--batch", "8", "--steps", "4", "--torch", "--head-dim", "64",

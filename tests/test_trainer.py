@@ -97,6 +97,7 @@ def test_nan_dev_score_is_never_best():
     assert (run.best_score, run.best_step, run.drops) == (50.0, 10, 0)
 
 
+@pytest.mark.slow
 def test_exact_resume_after_kill(tmp_path, train_cmd, subprocess_env):
     straight = tmp_path / "straight"
     subprocess.run(train_cmd(straight), check=True, env=subprocess_env, capture_output=True, timeout=300)
@@ -155,6 +156,7 @@ def test_config_is_validated_at_construction():
     assert cfg.replace(**{"eval.final_tasks": "transfer"}).eval.final_tasks == ("transfer",)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_and_touch_nothing(tmp_path, train_cmd, subprocess_env):
     workdir = tmp_path / "w"
     r = subprocess.run(train_cmd(workdir, "--config.optim.lr=-1", "--config.eval.final_tasks=STSB,SICKR"),
