@@ -17,9 +17,17 @@ from sgcl_jax.encoder import SentenceEncoder
 
 @pytest.mark.slow
 def test_installs_into_a_fresh_folder_and_runs_from_elsewhere(tmp_path, repo_root, subprocess_env):
+    import shutil
+
+    # A copy of what the package is built from, so that the build writes nothing into the checkout.
+    source = tmp_path / "source"
+    for part in ("sgcl_jax", "configs"):
+        shutil.copytree(repo_root / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(repo_root / part, source / part)
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                        "--target", str(target), str(repo_root)], capture_output=True, text=True, timeout=300)
+                        "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (target / "sgcl_jax" / "configs" / "default.py").exists() and not (target / "tests").exists()
     env = {**subprocess_env, "PYTHONPATH": str(target)}

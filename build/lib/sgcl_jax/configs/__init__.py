@@ -1,1 +1,0 @@
-"""The shipped configs (installed as sgcl_jax.configs): python -m sgcl_jax.train --config <name>."""
