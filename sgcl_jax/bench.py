@@ -330,6 +330,14 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _save(rows: Any, path: str | None) -> int:
+    if path:
+        from sgcl_jax.files import write_json
+
+        write_json(rows, path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI."""
     ap = argparse.ArgumentParser(prog="python -m sgcl_jax.bench", description=__doc__,
@@ -371,32 +379,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                              [int(s) for s in args.seeds.split(",")], args.senteval_dir,
                              [t for t in args.sklearn.split(",") if t], args.pooling)
         print(json.dumps(row, indent=2))
-        if args.json:
-            from sgcl_jax.files import write_json
-
-            write_json(row, args.json)
-        return 0
+        return _save(row, args.json)
     if args.pipeline:
         rows = [bench_pipeline(int(b), args.steps, 128, args.tokenizer, args.data_dir) for b in args.batch.split(",")]
         for r in rows:
             print(f"host pipeline, batch {r['batch']}: {r['sentences_per_s']:.0f} sentences/s on 1 core "
                   f"({r['steps']} batches in {r['seconds']:.2f} s)")
-        if args.json:
-            from sgcl_jax.files import write_json
-
-            write_json(rows, args.json)
-        return 0
+        return _save(rows, args.json)
     if args.eval:
         rows = [bench_eval(m, d, args.data_dir, args.tokenizer) for m in args.model.split(",")
                 for d in args.dtype.split(",")]
         for r in rows:
             print(f"encode {r['sentences']} sentences of {','.join(r['tasks'])} with {r['model']} {r['dtype']} on "
                   f"{r['device']}: {r['seconds']:.2f} s after compilation ({r['first_pass_seconds']:.2f} s first)")
-        if args.json:
-            from sgcl_jax.files import write_json
-
-            write_json(rows, args.json)
-        return 0
+        return _save(rows, args.json)
     rows = []
     for model in args.model.split(","):
         for dtype in args.dtype.split(","):

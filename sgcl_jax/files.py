@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import Any
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; malformed JSON is a ValueError naming the file and line."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Writes JSON through a temporary file and a rename."""
     path = Path(path)

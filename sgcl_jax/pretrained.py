@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgcl_jax.bert import Bert, BertConfig
+from sgcl_jax.files import read_json
 
 BUNDLED = "minilm"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -205,11 +206,7 @@ def load_pretrained(name_or_path: str = BUNDLED) -> Pretrained:
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{folder}: no config.json; not a Hugging Face model folder")
-    try:
-        cfg_dict = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
-    config = BertConfig.from_hf_dict(cfg_dict, source=str(cfg_file))
+    config = BertConfig.from_hf_dict(read_json(cfg_file), source=str(cfg_file))
     params, pooler = params_from_state_dict(config, _read_weights(folder), source=str(folder))
     return Pretrained(config, params, load_tokenizer(folder), pooler, source=str(folder))
 

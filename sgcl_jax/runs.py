@@ -27,6 +27,7 @@ import jax
 from sgcl_jax import checkpointing
 from sgcl_jax.config import Config, ConfigError
 from sgcl_jax.encoder import SentenceEncoder
+from sgcl_jax.files import read_json
 from sgcl_jax.model import ModelSpec, init_trainable, load_guide, trained_bert
 from sgcl_jax.pretrained import Pretrained, load_pretrained
 from sgcl_jax.train_step import create_train_state, make_optimizer
@@ -67,10 +68,7 @@ def read_config(workdir: str | Path) -> Config:
     path = Path(workdir) / CONFIG
     if not path.exists():
         raise RunError(f"{workdir}: no {CONFIG}; not a training run folder")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    raw = read_json(path)
     try:
         return Config.from_dict(raw)
     except ConfigError as e:
@@ -80,7 +78,7 @@ def read_config(workdir: str | Path) -> Config:
 def read_results(workdir: str | Path) -> dict[str, Any] | None:
     """A run's results.json, or None before its final evaluation."""
     path = Path(workdir) / RESULTS
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def identity_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
