@@ -302,9 +302,10 @@ def pair_picture(encoders: Sequence[SentenceEncoder], path: str | os.PathLike, d
             color = "tab:blue" if k < n else "tab:red"
             ax.plot(xy[[2 * k, 2 * k + 1], 0], xy[[2 * k, 2 * k + 1], 1], "-", color=color, alpha=0.6, lw=1)
             ax.scatter(xy[[2 * k, 2 * k + 1], 0], xy[[2 * k, 2 * k + 1], 1], s=14, color=color)
-        ax.set_title(f"{Path(encoder.source.split(' (')[0]).name or encoder.source}\n"
-                     f"cos: positive {rows[-1]['positive_cosine']:.2f}, negative {rows[-1]['negative_cosine']:.2f}",
-                     fontsize=9)
+        name, _, checkpoint = encoder.source.partition(" (")
+        short = "/".join(Path(name).parts[-2:]) + (f" ({checkpoint}" if checkpoint else "")
+        ax.set_title(f"{short}, {encoder.pooling} pooling\ncos: positive {rows[-1]['positive_cosine']:.2f}, "
+                     f"negative {rows[-1]['negative_cosine']:.2f}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [plt.Line2D([], [], color="tab:blue", label=f"{n} positive pairs (gold 5)"),

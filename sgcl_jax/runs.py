@@ -194,7 +194,7 @@ def load_encoder(source: str = "minilm", which: str = "best", **overrides: Any) 
     if is_run(workdir):
         return load_run(source, which).encoder(**overrides)
     pretrained = load_pretrained(source)
-    return SentenceEncoder(pretrained.config, pretrained.params, pretrained.tokenizer, source=pretrained.source,
+    return SentenceEncoder(pretrained.config, pretrained.params, pretrained.tokenizer, source=source,
                            **{k: v for k, v in overrides.items() if v is not None})
 
 
