@@ -264,7 +264,8 @@ def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
 
 
 def bench_transfer(encoder_name: str, tasks: Sequence[str], classifier: str, kfold: int, seeds: Sequence[int],
-                   senteval_dir: str | None, sklearn_tasks: Sequence[str], pooling: str = "cls") -> dict[str, Any]:
+                   senteval_dir: str | None, sklearn_tasks: Sequence[str], pooling: str = "cls",
+                   cache_dir: str | None = None) -> dict[str, Any]:
     """Times the transfer evaluation (encoding included) and its classifier stage against the measured matmul
     rate; with `sklearn_tasks`, also the same logreg penalty-search fits run one after another with scikit-learn."""
     from sgcl_jax import transfer
@@ -275,7 +276,7 @@ def bench_transfer(encoder_name: str, tasks: Sequence[str], classifier: str, kfo
     encoder = load_encoder(encoder_name, pooling=pooling)
     t0 = time.perf_counter()
     result = evaluate(encoder, tasks, Settings(senteval_dir=senteval_dir, classifier=classifier, kfold=kfold,
-                                               classifier_seeds=tuple(seeds)))
+                                               classifier_seeds=tuple(seeds), cache_dir=cache_dir))
     total = time.perf_counter() - t0
     fit_seconds = sum(r["classifier_seconds"] for r in result["tasks"].values())
     gflops = sum(r["classifier_gflops"] for r in result["tasks"].values())
@@ -368,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kfold", type=int, default=10, help="for --transfer (default: %(default)s)")
     ap.add_argument("--seeds", default="1111", help="for --transfer: classifier seeds (default: %(default)s)")
     ap.add_argument("--senteval-dir", default=None, help="for --transfer (default: $SGCL_SENTEVAL_DIR)")
+    ap.add_argument("--cache-dir", default=None, help="for --transfer: reuse cached features from here (the "
+                    "encoding time then is the cache's; default: encode)")
     ap.add_argument("--sklearn", default="", help="for --transfer: inner k-fold tasks whose logreg search is also "
                     "run fit by fit with scikit-learn, e.g. MR (default: none)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -377,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         row = bench_transfer(args.encoder, expand(args.tasks.split(",")), args.classifier, args.kfold,
                              [int(s) for s in args.seeds.split(",")], args.senteval_dir,
-                             [t for t in args.sklearn.split(",") if t], args.pooling)
+                             [t for t in args.sklearn.split(",") if t], args.pooling, args.cache_dir)
         print(json.dumps(row, indent=2))
         return _save(row, args.json)
     if args.pipeline:

@@ -30,7 +30,7 @@ from sgcl_jax import sts, tasks, transfer
 from sgcl_jax.encoder import SentenceEncoder, all_layers_fn, run_sorted
 from sgcl_jax.files import write_json
 from sgcl_jax.pooling import POOLINGS
-from sgcl_jax.runs import RunError, load_encoder
+from sgcl_jax.runs import RunError, is_run, load_encoder, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 METRICS = ("auto", "spearman", "pearson")
@@ -362,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kfold", type=int, default=10, help="transfer cross-validation folds (default: %(default)s)")
     ap.add_argument("--seeds", default="1111",
                     help="comma-separated classifier seeds; mean +- std over them (default: %(default)s)")
+    ap.add_argument("--cache-dir", default=None, help="where transfer features are cached (default: the run folder "
+                    "for a run, else no cache)")
     ap.add_argument("--download", action="store_true", help="fetch missing STS tasks into the data folder")
     ap.add_argument("--out", default=None, help="write the results JSON here")
     ap.add_argument("--layers", action="store_true", help="the layer x pooling grid on STS-B test (+ PNG)")
@@ -410,9 +412,11 @@ def _run_cli(args: argparse.Namespace, models: list[str]) -> int:
         return 0
     names = tasks.expand([t.strip() for t in args.tasks.split(",") if t.strip()])
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    run_folder, _, _ = resolve_checkpoint(models[0])
+    cache = args.cache_dir or (str(run_folder) if is_run(run_folder) else None)
     settings = Settings(metric=args.metric, aggregation=args.aggregation, batch_size=args.batch_size,
                         data_dir=args.data_dir, download=args.download, senteval_dir=args.senteval_dir,
-                        classifier=args.classifier, kfold=args.kfold, classifier_seeds=seeds)
+                        classifier=args.classifier, kfold=args.kfold, classifier_seeds=seeds, cache_dir=cache)
     result = evaluate(encoder, names, settings)
     print(format_table(result))
     print(f"encoding + scoring: {result['seconds']} s")
