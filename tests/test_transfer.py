@@ -48,11 +48,12 @@ def test_readers_on_each_real_format(senteval_fixture, write):
     assert trec.splits["train"][0] == ["When was it ?", "How did the café open ?"]  # Latin-1 bytes decoded
     assert trec.splits["train"][1].tolist() == [5, 1] and trec.nclasses == 6
     mrpc = transfer.load_task("MRPC", senteval_fixture)
-    assert mrpc.splits["test"][0] == [("The cat sat .", "A cat was sitting ."),
-                                      ("Stocks fell .", "It rained in Oslo today .")]
-    assert mrpc.splits["test"][1].tolist() == [1, 0]
+    # Sorted as SentEval sorts MRPC: by the first sentence's token count, then the second's, then the label.
+    assert mrpc.splits["test"][0] == [("Stocks fell .", "It rained in Oslo today ."),
+                                      ("The cat sat .", "A cat was sitting .")]
+    assert mrpc.splits["test"][1].tolist() == [0, 1]
     feats = transfer.task_features(mrpc, lambda sents: {s: np.full(3, len(s), np.float32) for s in sents})
-    u, v = 13.0, 19.0
+    u, v = 13.0, 25.0
     np.testing.assert_array_equal(feats["test"][0], [abs(u - v)] * 3 + [u * v] * 3)  # [|u - v|, u * v]
 
     write(senteval_fixture / "SST" / "binary" / "sentiment-dev", "good\t1\nno label here\n")
@@ -90,6 +91,24 @@ def test_logreg_equals_sklearn(classes):
         np.testing.assert_allclose(p["w"], coef, atol=2e-3 * np.abs(coef).max())
         np.testing.assert_allclose(p["b"], sk.intercept_, atol=2e-3 * max(1.0, np.abs(sk.intercept_).max()))
         assert acc == pytest.approx(sk.score(x[180:], y[180:]), abs=1e-3)
+
+
+def test_logreg_reaches_sklearn_objective_on_ill_conditioned_features():
+    """Sentence embeddings are nearly collinear: there the coefficients are barely identified, the objective is."""
+    rng = np.random.default_rng(7)
+    basis = rng.standard_normal((5, 40))
+    x = (rng.standard_normal((400, 5)) @ basis + 0.01 * rng.standard_normal((400, 40))).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.standard_normal(400) > 0).astype(np.int32)
+    fits = transfer.Fits([np.arange(400)], [np.arange(0)], [8.0], [1])
+    (p,), _, _ = transfer.run_fits("logreg", x, y, 2, fits)
+    sk = LogisticRegression(C=8.0, tol=1e-10, max_iter=100_000).fit(x.astype(np.float64), y)
+
+    def objective(w, b):
+        z = x.astype(np.float64) @ w + b
+        return 8.0 * np.sum(np.logaddexp(0, z) - y * z) + 0.5 * w @ w
+
+    ours = objective(p["w"][:, 0].astype(np.float64), float(p["b"][0]))
+    assert ours == pytest.approx(objective(sk.coef_[0], sk.intercept_[0]), rel=1e-6)
 
 
 def test_vmapped_fits_equal_the_same_fits_one_at_a_time():
