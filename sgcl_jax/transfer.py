@@ -454,7 +454,7 @@ def run_fits(classifier: str, x: np.ndarray, y: np.ndarray, nclasses: int, fits:
             for col, i in enumerate(padded):
                 weights[fits.train[i], col] = 1.0
             w, products, iters = _logreg_program(nclasses, max_iter, tol)(xj, yj, jnp.asarray(weights), regs)
-            w, products = np.asarray(w), np.asarray(products)
+            w, products = np.asarray(w), np.asarray(products).astype(np.float64)
             stats.iterations = max(stats.iterations, int(np.max(iters)))
             product = 2 * n * (d + 1) * (1 if nclasses == 2 else nclasses)  # the data times one fit's parameters
             stats.flops += float(products[: len(part)].sum()) * product
@@ -466,8 +466,8 @@ def run_fits(classifier: str, x: np.ndarray, y: np.ndarray, nclasses: int, fits:
             program = _mlp_program(cfg, nclasses, d, train_max, val_max)
             out, best, epochs = program(xj, yj, train_idx, n_train, val_idx, n_val, regs,
                                         jnp.asarray([fits.seed[i] for i in padded], jnp.uint32))
-            epochs, best = np.asarray(epochs), np.asarray(best)
-            stats.iterations = max(stats.iterations, int(epochs.max()))
+            epochs, best = np.asarray(epochs).astype(np.float64), np.asarray(best)  # float: FLOP counts overflow int32
+            stats.iterations = max(stats.iterations, int(epochs.max()))  # passes over the data
             layer = d * cfg.nhid + cfg.nhid * nclasses
             per_pass = -(-n_train // cfg.batch_size) * 6 * cfg.batch_size * layer
             checks = epochs / cfg.epoch_size
