@@ -89,7 +89,8 @@ def to_host(tree: Any) -> Any:
 
 
 def max_over_processes(value: int) -> int:
-    """The largest value any process holds (for per-process data that must pad to one length)."""
+    """The largest value any process holds (per-process data that must pad to one length; a decision that every
+    process must take the same way, such as whether a run folder is resumed)."""
     if jax.process_count() == 1:
         return value
     from jax.experimental import multihost_utils

@@ -199,7 +199,9 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
                   run_identity: dict[str, Any], dev: sts.Subset | None, mesh: Any, proc0: bool) -> dict[str, Any]:
     # -- resume check: a run folder with checkpoints continues only the same run
     meta = None
-    if runs.is_run(workdir):
+    # One answer for all processes, taken before any of them writes: the first to create checkpoints/ would
+    # otherwise make a slower one take the resume path alone, and Orbax's collective calls would not match.
+    if sharding.max_over_processes(int(runs.is_run(workdir))):
         meta = checkpointing.Checkpoints(workdir, writable=False).read_meta()
         if meta is not None:
             runs.check_identity(workdir, meta.get("identity"), run_identity)
