@@ -60,7 +60,7 @@ def test_2_resume_with_another_config_is_refused(tmp_path, tiny_config):
     assert (tmp_path / "results.json").exists()
 
 
-def test_3_divergence_stops_before_anything_non_finite_is_saved(tmp_path, tiny_config):
+def test_3_divergence_stops_before_anything_non_finite_is_saved(tmp_path, tiny_config, write):
     with pytest.raises(DivergenceError, match=r"step \d+: the loss or gradient norm is not finite.*optim\.lr"):
         train_and_evaluate(tiny_config(**{"optim.lr": 1e6, "train.log_every": 30, "train.checkpoint_every": 1,
                                           "train.eval_every": 1, "train.keep_checkpoints": 30}), tmp_path)
@@ -75,8 +75,10 @@ def test_3_divergence_stops_before_anything_non_finite_is_saved(tmp_path, tiny_c
     # Evaluation refuses a non-finite score and says why.
     pre = load_pretrained(str(_nan_model(tmp_path)))
     encoder = sgcl_jax.SentenceEncoder(pre.config, pre.params, pre.tokenizer)
+    write(tmp_path / "pairs" / "STS.input.toy.txt", "".join(f"a cat {i}\ta dog {i}\n" for i in range(4)))
+    write(tmp_path / "pairs" / "STS.gs.toy.txt", "4\n3\n2\n1\n")
     with pytest.raises(ValueError, match="not finite"):
-        evaluate.evaluate(encoder, ["STSB"])
+        evaluate.evaluate(encoder, [str(tmp_path / "pairs")])
 
 
 def _nan_model(tmp_path: Path) -> Path:
