@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from sgcl_jax import sts
+from sgcl_jax import evaluate, sts, tasks
 
 COUNTS = {"STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STSB": 1379}
 
@@ -96,3 +96,42 @@ def test_download_from_local_mirror(mirror, tmp_path, monkeypatch):
     monkeypatch.setenv("SGCL_STS_MIRROR", "http://127.0.0.1:9/")
     with pytest.raises(OSError):
         sts.download("STS15", target)
+
+
+def test_sts17_tracks_and_the_refused_track_6(data_dir):
+    for track in ("STS17-ar-ar", "STS17-es-es", "STS17-en-en", "STS17-es-en-wmt"):
+        (sub,) = sts.read_task(track, data_dir)
+        assert len(sub.gold) == 250 and np.all((sub.gold >= 0) & (sub.gold <= 5)), track
+    (wmt,) = sts.read_task("STS17-es-en-wmt", data_dir)
+    assert np.array_equal(wmt.gold, np.round(wmt.gold))  # track 4b's gold scores are integers
+    (ar,) = sts.read_task("STS17-ar-ar", data_dir)
+    assert any("\u0600" <= ch <= "\u06ff" for ch in ar.sent1[0])  # Arabic text read as UTF-8
+    with pytest.raises(ValueError, match=r"500 lines for the 250 gold scores.*refused"):
+        sts.read_task("STS17-tr-en", data_dir)
+    assert tasks.expand(["sts17"]) == ("STS17-ar-ar", "STS17-ar-en", "STS17-es-es", "STS17-es-en",
+                                       "STS17-es-en-wmt", "STS17-en-en")
+    auto = evaluate.Settings()
+    assert auto.sts_metric("STS17-en-en") == "pearson" and auto.sts_metric("STSB") == "spearman"
+
+
+def test_any_sts_format_folder_is_a_task(tmp_path, write):
+    folder = tmp_path / "mine"
+    # STS.input/STS.gs names: an extra column, a blank (unscored) gold line, no newline after the last score.
+    write(folder / "STS.input.news.txt", "a b\tc d\textra\ne f\tg h\ti j\tk\nl m\tn o\n")
+    write(folder / "STS.gs.news.txt", "4.5\n\n0")
+    # 2016-style names.
+    write(folder / "STS2016.input.forum.txt", "p\tq\nr\ts\n")
+    write(folder / "STS2016.gs.forum.txt", "1\n2\n")
+    subsets = {s.name: s for s in sts.read_task(str(folder))}
+    assert set(subsets) == {"news", "forum"}
+    assert subsets["news"].sent1 == ["a b", "l m"] and subsets["news"].sent2 == ["c d", "n o"]
+    assert subsets["news"].gold.tolist() == [4.5, 0.0] and subsets["forum"].gold.tolist() == [1.0, 2.0]
+    assert tasks.expand([str(folder), "STSB"]) == (str(folder), "STSB")
+    write(folder / "STS.gs.news.txt", "4.5\n1\n")
+    with pytest.raises(ValueError, match=r"STS.input.news.txt has 3 lines but .*STS.gs.news.txt has 2"):
+        sts.read_task(str(folder))
+    write(folder / "STS.gs.news.txt", "4.5\n1\n7\n")
+    with pytest.raises(ValueError, match=r"STS.gs.news.txt:3"):
+        sts.read_task(str(folder))
+    with pytest.raises(ValueError, match="unknown"):
+        tasks.expand([str(tmp_path / "nope")])
