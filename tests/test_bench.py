@@ -36,3 +36,21 @@ def test_harness_runs_with_torch_baseline(tmp_path, data_dir, capsys):
 def test_pipeline_bench_reports_host_rate(data_dir, capsys):
     rows = bench.bench_pipeline(16, 5, 128, "minilm", str(data_dir))
     assert rows["sentences_per_s"] > 0 and rows["cores"] == 1
+
+
+def test_sklearn_race_on_a_sample_of_the_fits(tmp_path, write):
+    """The transfer race: our fits and scikit-learn's on the same folds agree, and a sample is extrapolated."""
+    from sgcl_jax import transfer
+
+    write(tmp_path / "MR" / "rt-polarity.pos", "".join(f"good film number {i}\n" for i in range(20)))
+    write(tmp_path / "MR" / "rt-polarity.neg", "".join(f"bad film number {i}\n" for i in range(20)))
+
+    class Encoder:
+        def encode(self, sentences, batch_size=64):
+            rng = np.random.RandomState(0)
+            return np.stack([rng.normal(size=8) + (1.5 if s.startswith("good") else -1.5) for s in sentences])
+
+    race = bench._sklearn_race(transfer, Encoder(), "MR", 3, [1], str(tmp_path), sample=5)
+    assert race["fits"] == 3 * 6 * 3 and race["sklearn_fits_timed"] == 5
+    assert race["sklearn_seconds"] == pytest.approx(race["sklearn_seconds_measured"] * 54 / 5)
+    assert race["max_accuracy_difference"] <= 1e-6 and race["speedup"] > 0
