@@ -307,9 +307,9 @@ def _coerce(hint: Any, value: Any, field: str) -> Any:
             value = (value,)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config: {field}: expected a list, got {value!r}")
-        # The flag parser turns `--config.x=a,b` into ('a,b',) for string tuples: split it here.
-        if item is str:
-            value = [part.strip() for v in value for part in str(v).split(",") if part.strip()]
+        # The flag parser turns `--config.x=a,b` into ('a,b',): split comma strings here, whatever the item type.
+        value = [p.strip() if isinstance(p, str) else p for v in value
+                 for p in (v.split(",") if isinstance(v, str) else [v]) if not isinstance(p, str) or p.strip()]
         return tuple(_coerce(item, v, field) for v in value)
     if hint is dict or origin is dict:
         if not isinstance(value, Mapping):

@@ -154,6 +154,10 @@ def test_config_is_validated_at_construction():
                           "data": {**cfg.to_dict()["data"], "source": "text", "files": ("a.txt,b.txt",)}})
     assert c.eval.final_tasks == ("STSB", "SICKR") and c.data.files == ("a.txt", "b.txt")
     assert cfg.replace(**{"eval.final_tasks": "transfer"}).eval.final_tasks == ("transfer",)
+    assert cfg.replace(seeds="1,2,3").seeds == (1, 2, 3) and cfg.replace(**{"data.buckets": "16,32"}).data.buckets \
+        == (16, 32)
+    with pytest.raises(ConfigError, match="seeds: expected an integer, got 'x'"):
+        cfg.replace(seeds="1,x")
 
 
 @pytest.mark.slow
