@@ -7,7 +7,7 @@ The text is $SGCL_NLI_TEXT, else ../shared/data/nli/snli_sentences.txt beside th
 sentences, a same-size stand-in for the paper's corpus. For the paper's setting put the SNLI + MultiNLI training
 sentences, one per line (.gz allowed), in a file and point $SGCL_NLI_TEXT (or --config.data.files) at it.
 Expected: see README, "The paper's experiments on MiniLM" (the paper finds SG-OPT robust to this shift on
-BERT-base); 1,609 steps an epoch at batch 16, about 1.5 times a STS-B run on 2 CPU cores.
+BERT-base); 1,608 steps an epoch at batch 16, about 1.5 times a STS-B run on 2 CPU cores.
 """
 
 import os
