@@ -716,7 +716,8 @@ def _encode_cached(encoder: Any, loaded: dict[str, TransferTask], batch_size: in
         path = Path(cache_dir) / "features" / f"transfer-{key}.npz"
         if path.exists():
             cached = np.load(path, allow_pickle=False)
-            if str(cached["sentences_sha256"]) == _digest(sentences):
+            # A cache written before the digest was stored holds "sentences" instead: a miss, encoded again.
+            if "sentences_sha256" in cached.files and str(cached["sentences_sha256"]) == _digest(sentences):
                 log.info("transfer features from %s", path)
                 return dict(zip(sentences, cached["vectors"], strict=True))
     t0 = time.perf_counter()
