@@ -14,7 +14,7 @@ import numpy as np
 from sgcl_jax.bert import Bert, BertConfig
 from sgcl_jax.model import DTYPES
 from sgcl_jax.pooling import POOLINGS, pool, sentence_embedding
-from sgcl_jax.tokenization import pad_batch, token_ids
+from sgcl_jax.tokenization import pad_batch, token_ids_once
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def run_sorted(fn: Callable[..., jax.Array], params: Any, tokenizer: Any, senten
     """
     if len(sentences) == 0:
         raise ValueError("no sentences to encode")
-    ids = token_ids(tokenizer, sentences, max_length)
+    ids = token_ids_once(tokenizer, sentences, max_length)
     order = np.argsort([-len(x) for x in ids], kind="stable")
     buckets = tuple(b for b in EVAL_BUCKETS if b < max_length) + (max_length,)
     rows = min(batch_size, len(ids))  # a fixed row count: one compile per bucket, not per remainder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import io
 import os
@@ -129,7 +130,16 @@ def read_pair_files(inp: Path, gs: Path, name: str) -> Subset:
     return Subset(name, s1, s2, np.asarray(gold, np.float64))
 
 
-def _read_table(path: Path, header: list[str] | None, min_cols: int) -> list[tuple[int, list[str]]]:
+def _read_table(path: Path, header: list[str] | None, min_cols: int) -> tuple[tuple[int, list[str]], ...]:
+    # A training run reads STS-B for its text, its dev set and its test scores: each file is parsed once per
+    # process, and again when its size or modification time changes.
+    stat = path.stat()
+    return _parse_table(path, stat.st_mtime_ns, stat.st_size, tuple(header) if header else None, min_cols)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_table(path: Path, mtime_ns: int, size: int, header: tuple[str, ...] | None, min_cols: int
+                 ) -> tuple[tuple[int, list[str]], ...]:
     if path.suffix == ".gz":
         try:
             text = gzip.decompress(path.read_bytes()).decode("utf-8")
@@ -142,8 +152,8 @@ def _read_table(path: Path, header: list[str] | None, min_cols: int) -> list[tup
     start = 0
     if header is not None:
         got = lines[0].split("\t") if lines else []
-        if got[: len(header)] != header:
-            raise ValueError(f"{path}:1: expected header {header}, got {got[:len(header)]}")
+        if tuple(got[: len(header)]) != header:
+            raise ValueError(f"{path}:1: expected header {list(header)}, got {got[:len(header)]}")
         start = 1
     rows = []
     for i, line in enumerate(lines[start:], start=start + 1):
@@ -153,7 +163,7 @@ def _read_table(path: Path, header: list[str] | None, min_cols: int) -> list[tup
         if len(cols) < min_cols:
             raise ValueError(f"{path}:{i}: expected at least {min_cols} tab-separated columns, found {len(cols)}")
         rows.append((i, cols))
-    return rows
+    return tuple(rows)
 
 
 STSB_HEADER = ["split", "genre", "dataset", "year", "sid", "score", "sentence1", "sentence2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,17 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
 def token_ids(tokenizer: Any, sentences: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids with [CLS]/[SEP], truncated to max_length, unpadded."""
     return tokenizer(list(sentences), max_length=max_length, truncation=True, padding=False)["input_ids"]
+
+
+def token_ids_once(tokenizer: Any, sentences: Sequence[str], max_length: int) -> tuple[tuple[int, ...], ...]:
+    """`token_ids`, remembered for the last few sentence lists: a run's dev set is tokenized once, not at every
+    evaluation."""
+    return _token_ids_cached(tokenizer, tuple(sentences), max_length)
+
+
+@functools.lru_cache(maxsize=4)
+def _token_ids_cached(tokenizer: Any, sentences: tuple[str, ...], max_length: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(x) for x in token_ids(tokenizer, sentences, max_length))
 
 
 def pad_batch(ids: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int = 0,

@@ -13,6 +13,9 @@ _CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax_compilatio
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# LLVM's first optimisation level: the test programs (tiny models, a few steps each) compile 2-3x faster, and
+# MiniLM's encoding runs as fast as at the default level (measured on 2 cores); the computation is unchanged.
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
 
 import functools  # noqa: E402
 import http.server  # noqa: E402

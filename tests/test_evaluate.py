@@ -45,6 +45,7 @@ def test_aggregations_differ_and_match_definitions():
         _pearson(np.concatenate(preds), np.concatenate(golds)))
 
 
+@pytest.mark.slow
 def test_minilm_cls_gate(minilm, data_dir):
     enc = SentenceEncoder(minilm.config, minilm.params, minilm.tokenizer, pooling="cls")
     res = ev.evaluate(enc, ["STSB"], ev.Settings(data_dir=str(data_dir)))
@@ -63,6 +64,7 @@ def mixed_data(tmp_path, data_dir, make_sts16, make_sick):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_cli_mean_gate_and_json_shape(mixed_data, tmp_path, capsys):
     out = tmp_path / "results.json"
     rc = ev.main(["--model", "minilm", "--tasks", "STSB,STS16,SICKR,STS12", "--pooling", "mean",
@@ -82,6 +84,7 @@ def test_cli_mean_gate_and_json_shape(mixed_data, tmp_path, capsys):
     assert "STS12" in printed and "missing" in printed and "average (sts) of 3 of 4" in printed
 
 
+@pytest.mark.slow
 def test_layer_grid_writes_table_and_png(minilm, data_dir, tmp_path):
     enc = SentenceEncoder(minilm.config, minilm.params, minilm.tokenizer)
     grid = ev.layer_grid(enc, data_dir)

@@ -15,22 +15,23 @@ from sgcl_jax.experiments import Variant, parse_variant, run_experiment
 
 def test_two_variants_build_the_table_and_a_rerun_skips_them(tmp_path, tiny_config, capsys):
     base = tiny_config(**{"train.num_steps": 4, "train.eval_every": 2})
-    variants = [Variant("ref", {}), Variant("tau 0.1", {"objective.tau": 0.1})]
+    # An override of the data, not of the step, so that both variants share one compiled step.
+    variants = [Variant("ref", {}), Variant("half data", {"data.max_sentences": 160})]
     table = run_experiment("ablation", base, variants, tmp_path, seeds=[1])
     printed = capsys.readouterr().out
     results = {v: json.loads((tmp_path / folder / "seed_1" / "results.json").read_text())
-               for v, folder in (("ref", "ref"), ("tau 0.1", "tau_0.1"))}
-    assert [r["name"] for r in table["rows"]] == ["ref", "tau 0.1"]
+               for v, folder in (("ref", "ref"), ("half data", "half_data"))}
+    assert [r["name"] for r in table["rows"]] == ["ref", "half data"]
     for row in table["rows"]:
         assert row["average"] == pytest.approx(results[row["name"]]["average"]["score"])
         assert row["per_seed_average"] == [pytest.approx(row["average"])]
-    ref, tau = table["rows"]
-    assert ref["average"] != tau["average"]  # the override reached the trainer
-    assert tau["delta"] == pytest.approx(tau["average"] - ref["average"])
-    assert json.loads((tmp_path / "ablation.json").read_text())["rows"][1]["delta"] == pytest.approx(tau["delta"])
+    ref, half = table["rows"]
+    assert ref["average"] != half["average"]  # the override reached the trainer
+    assert half["delta"] == pytest.approx(half["average"] - ref["average"])
+    assert json.loads((tmp_path / "ablation.json").read_text())["rows"][1]["delta"] == pytest.approx(half["delta"])
     md = (tmp_path / "ablation.md").read_text()
-    assert printed.rstrip().endswith(md.strip()) and f"{tau['delta']:+.2f}" in md and "average over STSB" in md
-    assert json.loads((tmp_path / "tau_0.1" / "config.json").read_text())["objective"]["tau"] == 0.1
+    assert printed.rstrip().endswith(md.strip()) and f"{half['delta']:+.2f}" in md and "average over STSB" in md
+    assert json.loads((tmp_path / "half_data" / "config.json").read_text())["data"]["max_sentences"] == 160
 
     # A re-run trains nothing: the finished seeds' folders are untouched, and the table is the same.
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and "seed_1" in p.parts}

@@ -75,7 +75,8 @@ def test_a_sentence_transformers_evaluator_runs_our_encoder(minilm, data_dir, mo
     dev = sts.read_stsb(data_dir / "STSBenchmark", "dev")
     pairs = slice(0, 200)
     evaluator = EmbeddingSimilarityEvaluator(dev.sent1[pairs], dev.sent2[pairs], list(dev.gold[pairs] / 5.0),
-                                             name="stsb-dev", show_progress_bar=False)
+                                             name="stsb-dev", show_progress_bar=False,
+                                             batch_size=64)  # our default: the programs compiled for the other tests
     enc = SentenceEncoder(minilm.config, minilm.params, minilm.tokenizer, source="minilm")
     metrics = evaluator(enc)
     ours = evaluate.score_sts(enc, {"dev": [sts.Subset("dev", dev.sent1[pairs], dev.sent2[pairs],

@@ -13,7 +13,8 @@ import pytest
 
 @pytest.mark.slow
 def test_eight_devices_equal_one(repo_root, subprocess_env):
-    env = {**subprocess_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = f"{subprocess_env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = {**subprocess_env, "XLA_FLAGS": flags}
     r = subprocess.run([sys.executable, "-m", "tests.sharding_worker"], cwd=repo_root, capture_output=True, text=True,
                        timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -15,13 +15,17 @@ SENTENCES = ["a man plays a guitar", "the cat sits on the mat", "dogs run fast i
              "rain falls on the roof tonight", "I like green tea", "stocks fell sharply", "she reads a book"]
 
 
+# One optimizer setting and schedule length for every test here, so that tests of one model share one compiled step.
+OPTIM, TOTAL_STEPS = OptimConfig(lr=1e-3, warmup_ratio=0.0), 50
+
+
 @pytest.fixture(scope="module")
 def spec(tiny):
     return ModelSpec(tiny.config, head_dim=64)
 
 
-def _run(spec, tiny, objective="sg_opt", steps=3, seed=0, lr=5e-4):
-    tx, step = jit_train_step(spec, ObjectiveConfig(objective), OptimConfig(lr=lr, warmup_ratio=0.0), steps)
+def _run(spec, tiny, objective="sg_opt", steps=3, seed=0):
+    tx, step = jit_train_step(spec, ObjectiveConfig(objective), OPTIM, TOTAL_STEPS)
     state = create_train_state(spec, tiny.params, tx, seed)
     batch = tokenize(tiny.tokenizer, SENTENCES, 32)
     history = []
@@ -61,7 +65,7 @@ def test_regulariser_gradient(tiny):
 
 @pytest.mark.parametrize("objective", ["sg_opt", "sg", "opt1", "opt2"])
 def test_loss_falls(spec, tiny, objective):
-    _, history = _run(spec, tiny, objective, steps=50, lr=1e-3)
+    _, history = _run(spec, tiny, objective, steps=TOTAL_STEPS)
     first = np.mean([h["objective"] for h in history[:5]])
     last = np.mean([h["objective"] for h in history[-5:]])
     assert last < 0.5 * first, (objective, first, last)
@@ -82,7 +86,7 @@ def test_bf16_compute_keeps_fp32_params(spec, tiny):
     from dataclasses import replace
 
     bf16 = replace(spec, dtype="bfloat16")
-    tx, step = jit_train_step(bf16, ObjectiveConfig(), OptimConfig(), 10)
+    tx, step = jit_train_step(bf16, ObjectiveConfig(), OPTIM, TOTAL_STEPS)
     state = create_train_state(bf16, tiny.params, tx, 0)
     state, m = step(state, tiny.params, tokenize(tiny.tokenizer, SENTENCES, 32))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
@@ -95,7 +99,7 @@ def test_remat_gives_the_same_step(spec, tiny):
     batch = tokenize(tiny.tokenizer, SENTENCES, 32)
     out = []
     for variant in (spec, replace(spec, remat=True)):
-        tx, step = jit_train_step(variant, ObjectiveConfig(), OptimConfig(lr=1e-3, warmup_ratio=0.0), 10)
+        tx, step = jit_train_step(variant, ObjectiveConfig(), OPTIM, TOTAL_STEPS)
         state, m = step(create_train_state(variant, tiny.params, tx, 0), tiny.params, batch)
         out.append((float(m["loss"]), float(m["grad_norm"]), state.params))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-6) and out[0][1] == pytest.approx(out[1][1], rel=1e-5)
@@ -129,7 +133,7 @@ def test_without_head_the_loss_is_sg_opt_on_cls_and_views(spec, tiny):
     np.testing.assert_allclose(float(metrics["objective"]), np_sg_opt(cls, views, 0.05), rtol=1e-4)
     assert float(metrics["regulariser"]) == 0.0 and float(loss) == pytest.approx(float(metrics["objective"]))
 
-    tx, step = jit_train_step(nohead, ObjectiveConfig(), OptimConfig(lr=1e-3, warmup_ratio=0.0), 3)
+    tx, step = jit_train_step(nohead, ObjectiveConfig(), OPTIM, TOTAL_STEPS)
     state = create_train_state(nohead, tiny.params, tx, 0)
     guide_before = jax.tree.map(np.array, tiny.params)
     state, _ = step(state, tiny.params, batch)

@@ -168,6 +168,7 @@ def test_kfold_protocol_reports_accuracy_and_f1_per_seed():
     assert stats.fits == 2 * (4 * 3 + 1) and stats.flops > 0 and stats.executed_flops >= stats.flops
 
 
+@pytest.mark.slow
 def test_cli_scores_transfer_tasks_and_reports_missing(senteval_dir, tmp_path, capsys, write):
     # The real TREC files cut to their first lines (read as bytes: Latin-1), beside a small STS-format folder.
     sub = tmp_path / "senteval"
