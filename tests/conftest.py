@@ -14,7 +14,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # No LLVM optimisation: the test programs (tiny models, a few steps each) compile about 3x faster, which outweighs
-# the slower MiniLM encoding (about 1.5x) of the few tests that run it (measured on 2 cores). Same computation, less optimised machine code.
+# the slower MiniLM encoding (about 1.5x) of the few tests that run it (measured on 2 cores). The computation is
+# the same; only the machine code is less optimised.
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
 
 import functools  # noqa: E402
