@@ -40,6 +40,15 @@ def test_sick_fixture(tmp_path, make_sick):
     assert len(sub) == 7 and sub.sent1[2] == 'A "quoted" man 2' and sub.gold[2] == 3.0
 
 
+def test_an_edited_file_is_read_again(tmp_path, make_sick):
+    """Tables are parsed once per process; a file changed on disk is parsed again, not served from memory."""
+    path = make_sick(tmp_path) / "SICK" / "SICK_test_annotated.txt"
+    assert len(sts.read_task("SICKR", tmp_path)[0]) == 7
+    path.write_text("\n".join(path.read_text().splitlines()[:4]) + "\n")
+    (sub,) = sts.read_task("SICKR", tmp_path)
+    assert len(sub) == 3 and sub.sent1[-1] == 'A "quoted" man 2'
+
+
 def test_stsb_original_csv_layout(tmp_path, write):
     rows = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{i % 5}.0\tA plane {i}.\tAn \"air\" plane {i}.\textra"
             for i in range(5)]
