@@ -469,9 +469,11 @@ def run_fits(classifier: str, x: np.ndarray, y: np.ndarray, nclasses: int, fits:
             epochs, best = np.asarray(epochs).astype(np.float64), np.asarray(best)  # float: FLOP counts overflow int32
             stats.iterations = max(stats.iterations, int(epochs.max()))  # passes over the data
             layer = d * cfg.nhid + cfg.nhid * nclasses
-            per_pass = -(-n_train // cfg.batch_size) * 6 * cfg.batch_size * layer
+            # In float64: SST2's 67k training sentences make a pass's count overflow int32.
+            per_pass = np.ceil(n_train.astype(np.float64) / cfg.batch_size) * 6 * cfg.batch_size * layer
             checks = epochs / cfg.epoch_size
-            stats.flops += float(np.sum((epochs * per_pass + checks * 2 * n_val * layer)[: len(part)]))
+            val_flops = checks * 2 * n_val.astype(np.float64) * layer
+            stats.flops += float(np.sum((epochs * per_pass + val_flops)[: len(part)]))
             stats.executed_flops += float(epochs.max() * chunk * (train_max // cfg.batch_size * 6 * cfg.batch_size
                                                                   * layer + 2 * val_max * layer / cfg.epoch_size))
             val_acc[part] = best[: len(part)]
