@@ -99,6 +99,7 @@ def tfds_dir(tmp_path_factory, data_dir):
     return folder, lines
 
 
+@pytest.mark.slow
 def test_trains_from_a_real_tfds_dataset(tmp_path, tiny_config, tfds_dir, monkeypatch):
     import jax
 
