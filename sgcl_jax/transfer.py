@@ -466,14 +466,14 @@ def run_fits(classifier: str, x: np.ndarray, y: np.ndarray, nclasses: int, fits:
             program = _mlp_program(cfg, nclasses, d, train_max, val_max)
             out, best, epochs = program(xj, yj, train_idx, n_train, val_idx, n_val, regs,
                                         jnp.asarray([fits.seed[i] for i in padded], jnp.uint32))
-            epochs, best = np.asarray(epochs).astype(np.float64), np.asarray(best)  # float: FLOP counts overflow int32
+            # Counts in float64: FLOP counts overflow int32 (a pass over SST2's 67k sentences already does).
+            epochs, best = np.asarray(epochs).astype(np.float64), np.asarray(best)
+            rows_train, rows_val = n_train.astype(np.float64), n_val.astype(np.float64)
             stats.iterations = max(stats.iterations, int(epochs.max()))  # passes over the data
             layer = d * cfg.nhid + cfg.nhid * nclasses
-            # In float64: SST2's 67k training sentences make a pass's count overflow int32.
-            per_pass = np.ceil(n_train.astype(np.float64) / cfg.batch_size) * 6 * cfg.batch_size * layer
+            per_pass = np.ceil(rows_train / cfg.batch_size) * 6 * cfg.batch_size * layer
             checks = epochs / cfg.epoch_size
-            val_flops = checks * 2 * n_val.astype(np.float64) * layer
-            stats.flops += float(np.sum((epochs * per_pass + val_flops)[: len(part)]))
+            stats.flops += float(np.sum((epochs * per_pass + checks * 2 * rows_val * layer)[: len(part)]))
             stats.executed_flops += float(epochs.max() * chunk * (train_max // cfg.batch_size * 6 * cfg.batch_size
                                                                   * layer + 2 * val_max * layer / cfg.epoch_size))
             val_acc[part] = best[: len(part)]
