@@ -25,28 +25,20 @@ import jax
 import numpy as np
 
 from sgcl_jax.bert import BertConfig
-from sgcl_jax.model import ModelSpec
+from sgcl_jax.model import ModelSpec, step_flops
+from sgcl_jax.pretrained import ARCHITECTURES
 from sgcl_jax.tokenization import bucket_length, buckets_for
 
 SHAPES = {
     "tiny": BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
     "minilm": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
-    "bert-base": BertConfig(),
-    "bert-large": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "bert-base": ARCHITECTURES["bert-base-uncased"],
+    "bert-large": ARCHITECTURES["bert-large-uncased"],
 }
 # Dense peak TFLOP/s per device kind, by datasheet (bf16 / fp32 non-tensor-core).
 PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 67.0}, "H200": {"bfloat16": 989.0, "float32": 67.0},
                "A100": {"bfloat16": 312.0, "float32": 19.5}, "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
                "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0}}
-
-
-def step_flops(cfg: BertConfig, batch: int, length: int, views: int, head_dim: int) -> float:
-    """Model FLOPs of one step: guide forward + BERT_T forward/backward (3x) + head forward/backward on c and h."""
-    d, inner, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    per_token_layer = 2 * (4 * d * d + 2 * d * inner) + 2 * 2 * length * d  # projections + QK^T and PV
-    encoder = batch * length * n * per_token_layer
-    head = batch * (views + 1) * 2 * (d * head_dim + head_dim * head_dim)
-    return encoder * (1 + 3) + 3 * head
 
 
 def peak_tflops(device: Any, dtype: str) -> float | None:

@@ -156,10 +156,11 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """The device mesh: data-parallel size (-1 = every device) x model size."""
+    """The device mesh: data-parallel size (-1 = every device) x model size, and the params' layout on it."""
 
     data: int = -1
     model: int = 1
+    fsdp: bool = False  # shard trainable params, optimizer state and guide over `data` (ZeRO-3), not replicate
 
     def __post_init__(self) -> None:
         _require(self.model >= 1, "mesh.model", f"{self.model}: must be >= 1")

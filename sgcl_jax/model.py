@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from sgcl_jax.bert import Bert, BertConfig
 from sgcl_jax.pooling import pool_layers
-from sgcl_jax.pretrained import Pretrained, load_pretrained, random_pretrained
+from sgcl_jax.pretrained import Pretrained, architecture, load_pretrained, random_pretrained
 
 Params = dict[str, Any]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -61,6 +61,24 @@ def load_guide(model_cfg: Any) -> Pretrained:
         return random_pretrained(BertConfig(**dict(model_cfg.random)), seed=model_cfg.init_seed,
                                  tokenizer_from=model_cfg.tokenizer)
     return load_pretrained(model_cfg.name)
+
+
+def guide_architecture(model_cfg: Any) -> BertConfig:
+    """The guide's architecture from a `model` config section, without loading (or downloading) weights."""
+    if model_cfg.name == "random":
+        return BertConfig(**dict(model_cfg.random))
+    return architecture(model_cfg.name)
+
+
+def step_flops(cfg: BertConfig, batch: int, length: int, views: int, head_dim: int, negatives: int = 0) -> float:
+    """Model FLOPs of one step for `batch` sentences: guide forward + BERT_T forward/backward (3x) + head
+    forward/backward on c and h, and with `negatives` (the global batch) the similarity logits forward/backward."""
+    d, inner, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    per_token_layer = 2 * (4 * d * d + 2 * d * inner) + 2 * 2 * length * d  # projections + QK^T and PV
+    encoder = batch * length * n * per_token_layer
+    head = batch * (views + 1) * 2 * (d * head_dim + head_dim * head_dim)
+    logits = 2 * batch * negatives * views * head_dim  # c_i against every view of every sentence
+    return encoder * (1 + 3) + 3 * head + 3 * logits
 
 
 class ProjectionHead(nn.Module):

@@ -18,6 +18,16 @@ from sgcl_jax.bert import Bert, BertConfig
 from sgcl_jax.files import read_json
 
 BUNDLED = "minilm"
+# Architectures known without reading a checkpoint (the hub's config.json values): what an ahead-of-time compile
+# of a hub model needs on a machine that cannot download it.
+ARCHITECTURES = {
+    "bert-base-uncased": BertConfig(),
+    "bert-base-cased": BertConfig(vocab_size=28996),
+    "bert-large-uncased": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                     intermediate_size=4096),
+    "bert-large-cased": BertConfig(vocab_size=28996, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                   intermediate_size=4096),
+}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Checkpoint tensors that the encoder does not use, on purpose. The pooler is kept aside for export.
 _IGNORED = (re.compile(r"^embeddings\.position_ids$"), re.compile(r"^cls\."), re.compile(r"^pooler\."))
@@ -96,12 +106,15 @@ def _normalise_key(key: str) -> str:
     return re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
 
 
+def abstract_params(config: BertConfig) -> Params:
+    """The param tree of `Bert(config)` as shapes and dtypes, without allocating it (what a compile needs)."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return jax.eval_shape(lambda: Bert(config).init(jax.random.key(0), ids, jnp.ones_like(ids)))["params"]
+
+
 def param_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     """The flat param paths and shapes of `Bert(config)`, without allocating them."""
-    model = Bert(config)
-    ids = jnp.zeros((1, 8), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids)))["params"]
-    return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
+    return {k: tuple(v.shape) for k, v in flatten(abstract_params(config)).items()}
 
 
 def params_from_state_dict(config: BertConfig, state_dict: dict[str, np.ndarray], source: str) -> tuple[Params, dict]:
@@ -191,6 +204,18 @@ def resolve(name_or_path: str) -> Path:
             f"{e}). Without network, download the model elsewhere (config.json, model.safetensors or "
             f"pytorch_model.bin, tokenizer files) and pass that folder's path; '{BUNDLED}' needs no download."
         ) from e
+
+
+def architecture(name_or_path: str) -> BertConfig:
+    """A checkpoint's architecture without its weights: the bundled model, a local folder, or a known hub name."""
+    key = name_or_path.removeprefix("google-bert/")
+    if key in ARCHITECTURES:
+        return ARCHITECTURES[key]
+    p = bundled_path() if name_or_path == BUNDLED else Path(os.path.expanduser(name_or_path))
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{name_or_path}: no config.json there, and not a known architecture "
+                                f"({', '.join([BUNDLED, *ARCHITECTURES])})")
+    return BertConfig.from_hf_dict(read_json(p / "config.json"), source=str(p / "config.json"))
 
 
 def load_tokenizer(folder: str | Path) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 from typing import Any
 
@@ -33,21 +35,72 @@ def maybe_initialize_distributed(flag: bool | None = None) -> None:
                  jax.local_device_count(), jax.device_count())
 
 
-def make_mesh(data: int = -1, model: int = 1) -> Mesh:
-    """A (data, model) mesh over all devices; data=-1 takes every device not used by the model axis."""
-    n = jax.device_count()
+def make_mesh(data: int = -1, model: int = 1, devices: Any = None) -> Mesh:
+    """A (data, model) mesh over all devices (or `devices`, e.g. a TPU topology's); data=-1 takes every device not
+    used by the model axis. Devices are ordered along the chips' interconnect, and over several slices the data
+    axis is slice-major (a hybrid ICI x DCN mesh), so only the gradient reduction crosses slices."""
+    from jax.experimental import mesh_utils
+
+    devices = list(jax.devices() if devices is None else np.asarray(devices).reshape(-1))
+    n = len(devices)
     if data == -1:
         data = n // model
     if data * model != n:
         raise ValueError(f"mesh {data}x{model} does not cover the {n} devices")
-    return Mesh(np.asarray(jax.devices()).reshape(data, model), (DATA, MODEL))
+    slices = len({getattr(d, "slice_index", 0) or 0 for d in devices})
+    if devices[0].platform != "tpu":  # CPU/GPU: the given order (one host's devices, or one per process)
+        grid = np.asarray(devices).reshape(data, model)
+    elif slices > 1:
+        grid = mesh_utils.create_hybrid_device_mesh((data // slices, model), (slices, 1), devices)
+    else:
+        grid = mesh_utils.create_device_mesh((data, model), devices)
+    return Mesh(grid, (DATA, MODEL))
+
+
+# Arrays smaller than this stay replicated under FSDP: biases and LayerNorm scales cost more to gather than to keep.
+FSDP_MIN_SIZE = 2**14
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a run's arrays live on a mesh: the batch split over `data`; params, optimizer state and guide either
+    replicated, or (fsdp) every large array split over `data` as well (ZeRO-3: XLA gathers weights where they are
+    used and reduce-scatters their gradients). Hashable, so it can key a compiled step."""
+
+    mesh: Mesh
+    fsdp: bool = False
+    min_size: int = FSDP_MIN_SIZE  # smaller arrays stay replicated under FSDP
+
+    @property
+    def batch(self) -> NamedSharding:
+        """The leading (batch) axis split over the data axis."""
+        return batch_sharding(self.mesh)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        """Every device holds the whole array."""
+        return replicated(self.mesh)
+
+    def spec(self, shape: tuple[int, ...]) -> PartitionSpec:
+        """Replicated, or under FSDP the largest axis that divides by the data axis (arrays >= min_size)."""
+        n = self.mesh.shape[DATA]
+        if not self.fsdp or n == 1 or math.prod(shape) < self.min_size:
+            return PartitionSpec()
+        axes = [i for i in sorted(range(len(shape)), key=lambda i: -shape[i]) if shape[i] % n == 0]
+        if not axes:
+            return PartitionSpec()
+        return PartitionSpec(*[DATA if i == axes[0] else None for i in range(len(shape))])
+
+    def params(self, tree: Any) -> Any:
+        """A NamedSharding for every leaf of a (concrete or abstract) param or optimizer-state tree."""
+        return jax.tree.map(lambda x: NamedSharding(self.mesh, self.spec(tuple(np.shape(x)))), tree)
 
 
 def log_mesh(mesh: Mesh, global_batch: int) -> None:
     """Logs the mesh once at start: devices, processes and the per-device batch."""
     n = mesh.shape[DATA]
     log.info("mesh %s over %d %s device(s) in %d process(es); global batch %d = %d per data-parallel device",
-             dict(mesh.shape), mesh.devices.size, jax.devices()[0].platform, jax.process_count(), global_batch,
+             dict(mesh.shape), mesh.devices.size, mesh.devices.flat[0].platform, jax.process_count(), global_batch,
              global_batch // n)
 
 
@@ -78,14 +131,29 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
     """Places a host pytree on every device of the mesh (every process passes the same values)."""
-    s = replicated(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
-                        tree)
+    return put(tree, jax.tree.map(lambda _: replicated(mesh), tree))
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """Places a host pytree on the mesh with one sharding per leaf (every process passes the same values)."""
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
+                        tree, shardings)
 
 
 def to_host(tree: Any) -> Any:
-    """A replicated global pytree -> NumPy on this host (works when the arrays span several processes)."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+    """A global pytree -> NumPy on this host (replicated or sharded, also when the arrays span several processes)."""
+    def get(x: Any) -> Any:
+        if not isinstance(x, jax.Array):
+            return x
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(get, tree)
 
 
 def max_over_processes(value: int) -> int:

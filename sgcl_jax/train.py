@@ -10,15 +10,13 @@ Every config field can be overridden: --config.optim.lr=3e-5, --config.seeds=1,2
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgcl_jax import sharding
-from sgcl_jax.config import config_path
+from sgcl_jax import cli, sharding
 from sgcl_jax.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,44 +31,21 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a con
 flags.mark_flags_as_required(["config"])
 
 
-def resolve_config_arg(argv: Sequence[str]) -> list[str]:
-    """Rewrites `--config NAME` to the shipped config's path when NAME is not a file (absl wants a path)."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg == "--config" and i + 1 < len(out):
-            out[i + 1] = _config_path(out[i + 1])
-        elif arg.startswith("--config="):
-            out[i] = "--config=" + _config_path(arg.split("=", 1)[1])
-    return out
-
-
-def _config_path(value: str) -> str:
-    path, colon, arg = value.partition(":")  # config_flags passes `file.py:arg` on to get_config(arg)
-    try:
-        return str(config_path(path)) + colon + arg
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
-
-
 def main(argv: Sequence[str]) -> None:
     """Flags -> train_and_evaluate; a config, data or run-folder error exits with one line (--verbose: traceback)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src", "orbax", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cli.setup_logging()
     try:
         sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ValueError, OSError, FloatingPointError, ImportError) as e:
-        if _VERBOSE.value:
-            raise
-        sys.exit(f"error: {e}")
+        sys.exit(cli.fail(e, _VERBOSE.value))
 
 
 def run() -> None:
     """The console entry point (also used by the top-level train.py)."""
-    app.run(main, argv=resolve_config_arg(sys.argv))
+    app.run(main, argv=cli.resolve_config_arg(sys.argv))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import optax
 
 from sgcl_jax import losses
 from sgcl_jax.model import ModelSpec, Params, forward, init_trainable, regulariser
+from sgcl_jax.pretrained import abstract_params
+from sgcl_jax.sharding import Layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,17 +147,24 @@ def train_step(state: TrainState, guide_params: Params, batch: dict[str, jax.Arr
                          first_nonfinite=first_nonfinite), metrics
 
 
+def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation, layout: Layout) -> tuple[Any, Any]:
+    """(train-state shardings, guide shardings) of a layout: one NamedSharding per leaf, from shapes alone."""
+    guide = abstract_params(spec.bert)
+    state = jax.eval_shape(lambda g: create_train_state(spec, g, tx, 0), guide)
+    return layout.params(state), layout.params(guide)
+
+
 @functools.lru_cache(maxsize=32)
 def jit_train_step(spec: ModelSpec, objective: ObjectiveConfig, optim: OptimConfig, total_steps: int,
-                   state_sharding: Any = None, guide_sharding: Any = None, batch_sharding: Any = None
+                   layout: Layout | None = None
                    ) -> tuple[optax.GradientTransformation, Callable[..., tuple[TrainState, dict]]]:
     """(tx, jitted step(state, guide, batch)): `train_step` with the step's key derived in-graph from the state.
 
     Cached on its (hashable) arguments, so runs of one configuration in a process share one compiled step.
 
-    The state is donated, the guide never is. With shardings given (see sharding.py) the step is one program
-    over global arrays: the batch is split on the mesh's data axis and the loss still sees every sentence of
-    the global batch as a negative.
+    The state is donated, the guide never is. With a layout (see sharding.py) the step is one program over global
+    arrays: the batch is split on the mesh's data axis and the loss still sees every sentence of the global batch
+    as a negative; params, optimizer state and guide are replicated or, with `layout.fsdp`, sharded.
     """
     tx = make_optimizer(optim, total_steps)
     step = functools.partial(train_step, spec=spec, objective=objective, tx=tx,
@@ -165,8 +174,8 @@ def jit_train_step(spec: ModelSpec, objective: ObjectiveConfig, optim: OptimConf
         return step(state, guide, batch, step_rng(state))
 
     kwargs = {}
-    if state_sharding is not None:
-        replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-        kwargs = {"in_shardings": (state_sharding, guide_sharding, batch_sharding),
-                  "out_shardings": (state_sharding, replicated)}
+    if layout is not None:
+        state_sh, guide_sh = state_shardings(spec, tx, layout)
+        kwargs = {"in_shardings": (state_sh, guide_sh, layout.batch),
+                  "out_shardings": (state_sh, layout.replicated)}
     return tx, jax.jit(fn, donate_argnums=(0,), **kwargs)

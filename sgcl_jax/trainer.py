@@ -21,7 +21,7 @@ from sgcl_jax.config import Config, identity
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import write_json
 from sgcl_jax.model import ModelSpec, load_guide, trained_bert
-from sgcl_jax.train_step import create_train_state, jit_train_step
+from sgcl_jax.train_step import create_train_state, jit_train_step, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +209,11 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
         write_json({**cfg.to_dict()}, workdir / runs.CONFIG)
 
     # -- state: fresh, or the newest checkpoint that restores
-    replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    guide = sharding.put_replicated(guide_model.params, mesh)
-    tx, step_fn = jit_train_step(spec, cfg.objective, cfg.optim, total, replicated, replicated,
-                                 batch_sharding)
-    state = jax.jit(lambda g: create_train_state(spec, g, tx, cfg.seed), out_shardings=replicated)(guide)
+    layout = sharding.Layout(mesh, cfg.mesh.fsdp)
+    tx, step_fn = jit_train_step(spec, cfg.objective, cfg.optim, total, layout)
+    state_sh, guide_sh = state_shardings(spec, tx, layout)
+    guide = sharding.put(guide_model.params, guide_sh)
+    state = jax.jit(lambda g: create_train_state(spec, g, tx, cfg.seed), out_shardings=state_sh)(guide)
     ckpt = checkpointing.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
     run = RunState()
     if meta is not None:
@@ -260,7 +260,7 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
             bar = tqdm(total=total, initial=step, desc=f"seed {cfg.seed}", unit="step", dynamic_ncols=True)
         timer = _StepTimer()
         while step < total and not run.stopped:
-            batch = sharding.global_batch(batches(step), batch_sharding)
+            batch = sharding.global_batch(batches(step), layout.batch)
             if timer.compiles(batch["input_ids"].shape):
                 jax.block_until_ready(state)
                 with timer.excluding():

@@ -17,19 +17,34 @@ from sgcl_jax.bert import BertConfig
 from sgcl_jax.model import ModelSpec, forward, init_trainable
 from sgcl_jax.pretrained import random_pretrained
 from sgcl_jax.tokenization import tokenize
-from sgcl_jax.train_step import ObjectiveConfig, OptimConfig, create_train_state, jit_train_step, loss_fn, step_rng
+from sgcl_jax.train_step import (
+    ObjectiveConfig,
+    OptimConfig,
+    create_train_state,
+    jit_train_step,
+    loss_fn,
+    state_shardings,
+    step_rng,
+)
 
 TINY = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                   max_position_embeddings=128)
 SENTENCES = [f"sentence {i} about " + "things " * (i % 7) for i in range(16)]
 
 
-def run(mesh: Mesh, spec: ModelSpec, pre, batch_np):
-    repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    guide = sharding.put_replicated(pre.params, mesh)
+def run(mesh: Mesh, spec: ModelSpec, pre, batch_np, fsdp: bool = False):
+    layout = sharding.Layout(mesh, fsdp, min_size=256)  # tiny arrays: shard nearly all of them
+    repl, bsh = layout.replicated, layout.batch
     obj, optim = ObjectiveConfig(), OptimConfig(lr=1e-3, warmup_ratio=0.0)
-    tx, step = jit_train_step(spec, obj, optim, 3, repl, repl, bsh)
-    state = jax.jit(lambda g: create_train_state(spec, g, tx, 0), out_shardings=repl)(guide)
+    tx, step = jit_train_step(spec, obj, optim, 3, layout)
+    state_sh, guide_sh = state_shardings(spec, tx, layout)
+    guide = sharding.put(pre.params, guide_sh)
+    state = jax.jit(lambda g: create_train_state(spec, g, tx, 0), out_shardings=state_sh)(guide)
+    if fsdp:  # the layout really splits the trainable tree and its optimizer state
+        big = [x for x in jax.tree.leaves(state.params) if x.size >= 256]
+        assert big and all(not x.sharding.is_fully_replicated for x in big)
+        split = [x for x in jax.tree.leaves(state) if not x.sharding.is_fully_replicated]
+        assert len(split) >= 3 * len(big), (len(split), len(big))  # params and both Adam moments
     batch = sharding.global_batch(batch_np, bsh)
     assert len(batch["input_ids"].sharding.device_set) == mesh.size
     grad_fn = jax.jit(lambda s, g, b: jax.grad(lambda p: loss_fn(spec, obj, p, g, b, step_rng(s))[0])(s.params),
@@ -55,6 +70,7 @@ def main() -> None:
     one = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), (sharding.DATA, sharding.MODEL))
     h8, g8, p8 = run(sharding.make_mesh(), spec, pre, batch_np)
     h1, g1, p1 = run(one, spec, pre, batch_np)
+    hf, gf, pf = run(sharding.make_mesh(), spec, pre, batch_np, fsdp=True)
 
     # What a per-device loss (negatives from the device's own 2 sentences only) would give instead.
     trainable = init_trainable(spec, pre.params, jax.random.key(0))
@@ -65,6 +81,7 @@ def main() -> None:
         "loss_8": h8, "loss_1": h1,
         "grad_diff": max_diff(g8, g1), "grad_scale": max_diff(g1, jax.tree.map(np.zeros_like, g1)),
         "param_diff": max_diff(p8, p1), "param_moved": max_diff(p1, trainable),
+        "loss_fsdp": hf, "grad_diff_fsdp": max_diff(gf, g1), "param_diff_fsdp": max_diff(pf, p1),
         "global_loss": global_loss, "local_loss": local_loss,
     }))
 

@@ -1,4 +1,5 @@
-"""Data parallelism: 8 fake CPU devices equal 1 device on the same global batch; 2 local processes train."""
+"""Data parallelism: 8 fake CPU devices equal 1 device on the same global batch (replicated and FSDP params);
+2 local processes train."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def test_eight_devices_equal_one(repo_root, subprocess_env):
     np.testing.assert_allclose(m["loss_8"], m["loss_1"], rtol=1e-5)
     assert m["grad_diff"] <= 1e-5 * m["grad_scale"], m  # fp32 reductions in another order: relative 1e-5
     assert m["param_diff"] <= 1e-5 and m["param_moved"] > 1e-3, m
+    # FSDP (params, optimizer state and guide split over the 8 devices) = 1 device, at the same tolerance.
+    np.testing.assert_allclose(m["loss_fsdp"], m["loss_1"], rtol=1e-5)
+    assert m["grad_diff_fsdp"] <= 1e-5 * m["grad_scale"] and m["param_diff_fsdp"] <= 1e-5, m
     # The loss really uses the global batch: with each device's 2 sentences alone it would be very different.
     assert abs(m["global_loss"] - m["local_loss"]) > 1.0, m
 

@@ -1,0 +1,98 @@
+"""Compiles the trainer's step for a TPU pod from a CPU host, before anyone pays for the pod (compiled, not run).
+
+    python -m sgcl_jax.aot --config bert_base --topology v5e-256 --out report.json
+    python -m sgcl_jax.aot --config bert_base --topology v4-32 --batch-per-device 64 --config.model.dtype=bfloat16
+    python -m sgcl_jax.aot --config default --topology v5e-8 --max-batch
+    python -m sgcl_jax.aot --config bert_base --topology v5e-256 --num-slices 2 --config.mesh.fsdp=True
+
+Topologies: the user's names (v5e-8, v5e-256, v4-32, v5p-128, v6e-256; v4 and v5p count TensorCores) or JAX's
+(v5e:16x16, v4:2x2x4, v5:4x4x4). Needs `libtpu` next to jax (pip install "sgcl_jax[tpu]"); runs with
+JAX_PLATFORMS=cpu. Prints memory per device (argument, output, alias, temp, code) against the chip's HBM, the
+compiler's FLOPs against the analytic count, every collective with its bytes and group, and a roofline bound.
+Exit status: 0 fits, 2 does not fit (the compiler's own "Used A of B hbm" line is printed), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sgcl_jax import cli, pod
+from sgcl_jax.config import Config
+from sgcl_jax.files import write_json
+
+log = logging.getLogger(__name__)
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config: a shipped name (default, tiny, nli, bert_base) or a path to a .py file with "
+                    "get_config(). Its fields are overridden with --config.<section>.<field>=value.",
+    lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "v5e-8, v5e-256, v4-32, v5p-128, v6e-256, ... or v5e:16x16")
+_SLICES = flags.DEFINE_integer("num-slices", 1, "Slices joined over the data-center network (a hybrid ICI x DCN "
+                               "mesh).")
+_BATCH = flags.DEFINE_integer("batch-per-device", None, "Sentences per device (default: the config's global "
+                              "data.batch_size spread over the devices, at least 1 each).")
+_MAX_BATCH = flags.DEFINE_bool("max-batch", False, "Also search the largest per-device batch that compiles within "
+                               "HBM, for the train step and for the evaluation encoder.")
+_OUT = flags.DEFINE_string("out", None, "Write the report as JSON here.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a failure.")
+flags.mark_flags_as_required(["config", "topology"])
+
+
+def per_device_batch(cfg: Config, devices: int, given: int | None) -> int:
+    """The flag, else the config's global batch over the data axis (rounded up, at least 1)."""
+    if given is not None:
+        if given < 1:
+            raise ValueError(f"--batch-per-device {given}: must be >= 1")
+        return given
+    data = devices // cfg.mesh.model if cfg.mesh.data == -1 else cfg.mesh.data
+    per = max(1, math.ceil(cfg.data.batch_size / data))
+    if per * data != cfg.data.batch_size:
+        log.info("data.batch_size=%d does not spread evenly over %d devices: compiling %d per device (global %d)",
+                 cfg.data.batch_size, data, per, per * data)
+    return per
+
+
+def main(argv: Sequence[str]) -> None:
+    """Flags -> the report (text and JSON); exit 2 when the step does not fit, 1 on any other failure."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.setup_logging()
+    try:
+        cfg = _CONFIG.value if isinstance(_CONFIG.value, Config) else Config.from_dict(_CONFIG.value)
+        target = pod.resolve_topology(_TOPOLOGY.value)
+        if _SLICES.value < 1:
+            raise ValueError(f"--num-slices {_SLICES.value}: must be >= 1")
+        batch = per_device_batch(cfg, target.chips * _SLICES.value, _BATCH.value)
+        report = pod.report(cfg, target, _SLICES.value, batch)
+        if _MAX_BATCH.value:
+            devices = pod.topology_devices(target, _SLICES.value)
+            report["max_batch"] = {what: pod.max_batch(cfg, devices, what) for what in ("step", "encoder")}
+    except pod.DoesNotFit as e:
+        print(f"does not fit: {e}", file=sys.stderr)
+        if _OUT.value:
+            write_json({"label": "compiled, not run", "topology": _TOPOLOGY.value, "fits": False,
+                        "compiler": str(e)}, _OUT.value)
+        sys.exit(cli.DOES_NOT_FIT)
+    except (*cli.USER_ERRORS, Exception) as e:  # a compile failure is an XlaRuntimeError
+        sys.exit(cli.fail(e, _VERBOSE.value))
+    print(pod.format_report(report))
+    for what, found in report.get("max_batch", {}).items():
+        print(f"largest per-device batch for the {what}: {found['max_per_device_batch']} "
+              f"({found['first_failing']} does not fit; {found['compiles']} compiles)")
+    if _OUT.value:
+        write_json(report, _OUT.value)
+
+
+def run() -> None:
+    """The console entry point."""
+    app.run(main, argv=cli.resolve_config_arg(sys.argv))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,51 @@
+"""What every command line shares: logging, `--config NAME` resolution, one error printer and the exit codes.
+
+Exit codes: 0 done; 1 an error, printed as one line (`--verbose` shows the traceback); 2 the program does not fit
+the accelerator (`aot`); 130 interrupted (Ctrl-C), after saving what there was to save.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from sgcl_jax.config import config_path
+
+OK, ERROR, DOES_NOT_FIT, INTERRUPTED = 0, 1, 2, 130
+# The exceptions that mean bad input, a refused run folder or a failing resource: printed as one line.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, RuntimeError)
+
+
+def setup_logging() -> None:
+    """INFO for sgcl_jax, WARNING for the chatty libraries."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fail(error: BaseException, verbose: bool, code: int = ERROR) -> int:
+    """Prints `error: <one line>` (or re-raises under --verbose) and returns the exit code."""
+    if verbose:
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    return code
+
+
+def resolve_config_arg(argv: Sequence[str]) -> list[str]:
+    """Rewrites `--config NAME` to the shipped config's path when NAME is not a file (absl wants a path)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = _config_path(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + _config_path(arg.split("=", 1)[1])
+    return out
+
+
+def _config_path(value: str) -> str:
+    path, colon, arg = value.partition(":")  # config_flags passes `file.py:arg` on to get_config(arg)
+    try:
+        return str(config_path(path)) + colon + arg
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
