@@ -241,19 +241,28 @@ def compile_encoder(cfg: Any, bert: Any, device: Any, batch: int) -> Any:
 
 
 def _compile(lowered: Any) -> Any:
+    from jax._src import config as jax_config
+
     try:
-        return lowered.compile()
+        # A TPU executable compiled without a TPU client cannot be stored in (or read back from) JAX's persistent
+        # compilation cache: keep it out, so the cache of the CPU programs in the same process stays clean.
+        with jax_config.enable_compilation_cache(False):
+            return lowered.compile()
     except Exception as e:  # XlaRuntimeError / JaxRuntimeError: an out-of-memory is a compile error
         text = str(e)
-        if "RESOURCE_EXHAUSTED" in text or re.search(r"Used [\d.]+[KMGT]? of [\d.]+[KMGT]? hbm", text):
+        if "RESOURCE_EXHAUSTED" in text or re.search(r"Used [\d.]+[KMGTP]? of [\d.]+[KMGTP]? hbm", text):
             raise DoesNotFit(hbm_line(text)) from None
         raise
 
 
 def hbm_line(message: str) -> str:
-    """The compiler's own "Used A of B hbm" sentence out of its out-of-memory error."""
-    m = re.search(r"[^.\n]*Used [\d.]+[KMGT]? of [\d.]+[KMGT]? hbm[^.\n]*\.?(?:[^.\n]*Exceeded[^.\n]*\.?)?", message)
-    return (m.group(0) if m else message.strip().splitlines()[0]).strip()
+    """The compiler's own sentence out of its out-of-memory error ("... Used A of B hbm ..." or "Ran out of memory
+    on HBM ... exceeds available HBM (B)")."""
+    for pattern in (r"[^\n]*Used [\d.]+[KMGTP]? of [\d.]+[KMGTP]? hbm[^\n]*", r"Ran out of memory[^\n]*"):
+        m = re.search(pattern, message)
+        if m:
+            return m.group(0).strip()
+    return message.strip().splitlines()[-1].strip()
 
 
 # ------------------------------------------------------------------------------------------ analyses
@@ -310,31 +319,41 @@ def _groups(line: str, n: int) -> np.ndarray:
     return np.arange(n)[None]  # replica_groups={}: every device
 
 
-def collectives(hlo: str, devices: list[Any], global_batch: int, feature: int) -> list[dict[str, Any]]:
-    """Every collective of the compiled program (async start/done counted once): opcode, bytes moved per step
-    (the result's size per device), group size, and whether its groups span slices (DCN) or stay on ICI.
+_DCN = re.compile(r"=\s*(?P<type>\(.+?\))\s+send\(.*_xla_megascale_transfer_type=\"(?P<kind>\w+)\"")
 
-    An all-gather of `feature`-wide vectors of the whole global batch is the one that makes the negatives global
-    (the compiler may gather the B x H projected [CLS] vectors and reduce the log-sum-exp across devices rather
-    than gather the B x K x H views: the same loss, less traffic)."""
-    slices = np.asarray([getattr(d, "slice_index", 0) or 0 for d in devices])
+
+def collectives(hlo: str, devices: list[Any], global_batch: int, feature: int) -> list[dict[str, Any]]:
+    """Every collective of the compiled program (async start/done counted once): opcode, bytes per step (the
+    result's size per device), group size, and whether it crosses slices. Between slices the compiler splits a
+    collective into ICI collectives inside each slice and host transfers over the data-center network (Megascale
+    `send`s): those are the rows with `crosses_slices`, their bytes what a device sends across.
+
+    The all-gather (or, as the TPU compiler often writes it, all-reduce) of `feature`-wide vectors of the whole
+    global batch is the one that makes the negatives global: the compiler may gather the B x H projected [CLS]
+    vectors and reduce the log-sum-exp across devices rather than gather the B x K x H views (same loss, less
+    traffic)."""
+    slices = len({getattr(d, "slice_index", 0) or 0 for d in devices})
     out = []
     for line in hlo.splitlines():
-        m = _OP.search(line)
-        if not m or "-done(" in line:
-            continue
-        arrays = _arrays(m.group("type"))
-        if m.group("start") and m.group("op") in ("all-gather", "collective-permute"):
-            arrays = [a for a in arrays if a[1]]  # drop the u32[] context scalars
-            arrays = arrays[len(arrays) // 2:]  # (operands..., results...)
-        nbytes = sum(_BYTES[dt] * math.prod(shape) for dt, shape in arrays)
-        groups = _groups(line, len(devices))
-        crosses = bool(len(set(slices[groups[0] % len(devices)])) > 1) if groups.size else False
         name = re.search(r"%?([\w.-]+)\s*=", line)
-        row = {"op": m.group("op"), "name": name.group(1) if name else "", "bytes": int(nbytes),
+        dcn = _DCN.search(line)
+        if dcn:
+            arrays = [a for a in _arrays(dcn.group("type")) if a[1]][:1]  # (data, context, token)
+            op, groups = dcn.group("kind").lower().replace("_", "-"), np.arange(slices)[None]
+        else:
+            m = _OP.search(line)
+            if not m or "-done(" in line:
+                continue
+            op, arrays = m.group("op"), _arrays(m.group("type"))
+            if m.group("start") and op in ("all-gather", "collective-permute"):
+                arrays = [a for a in arrays if a[1]]  # drop the u32[] context scalars
+                arrays = arrays[len(arrays) // 2:]  # (operands..., results...)
+            groups = _groups(line, len(devices))
+        row = {"op": op, "name": name.group(1) if name else "",
+               "bytes": int(sum(_BYTES[dt] * math.prod(shape) for dt, shape in arrays)),
                "shapes": [f"{dt}[{','.join(map(str, s))}]" for dt, s in arrays],
                "group_size": int(groups.shape[1]) if groups.ndim == 2 else 1, "groups": int(groups.shape[0]),
-               "crosses_slices": crosses}
+               "crosses_slices": bool(dcn)}
         row["role"] = _role(row["op"], arrays, global_batch, feature)
         out.append(row)
     return out
@@ -381,19 +400,14 @@ def _ring_bytes(r: dict[str, Any]) -> float:
 
 
 def roofline(flops: float, bytes_accessed: float, rows: list[dict[str, Any]], chip: Chip, analytic_flops: float,
-             global_batch: int, num_slices: int) -> dict[str, Any]:
+             global_batch: int) -> dict[str, Any]:
     """Lower bounds on the step time (compute at peak bf16, HBM at its bandwidth, collectives at the ICI/DCN
     bandwidth, all optimistic), their maximum, and the sentences/s and MFU ceilings it implies."""
     compute = flops / (chip.peak_bf16_tflops * 1e12)
     hbm = bytes_accessed / (chip.hbm_gbps * 1e9)
-    ici = sum(_ring_bytes(r) for r in rows) / (chip.ici_gbps * 1e9)
-    dcn = None
-    crossing = [r for r in rows if r["crosses_slices"]]
-    if crossing:
-        # Hierarchical: within a slice first, so a device sends 1/(devices per slice) of the data across slices.
-        per_slice = max(r["group_size"] // num_slices for r in crossing) or 1
-        across = sum(2 * (num_slices - 1) / num_slices * r["bytes"] / per_slice for r in crossing)
-        dcn = across / (chip.dcn_gbps * 1e9) if chip.dcn_gbps else None
+    ici = sum(_ring_bytes(r) for r in rows if not r["crosses_slices"]) / (chip.ici_gbps * 1e9)
+    across = sum(_ring_bytes(r) for r in rows if r["crosses_slices"])
+    dcn = across / (chip.dcn_gbps * 1e9) if across and chip.dcn_gbps else None
     bound = max(compute, hbm, ici, dcn or 0.0)
     return {"chip": chip.name, "source": chip.source, "compute_s": compute, "hbm_s": hbm, "ici_s": ici,
             "dcn_s": dcn, "step_s": bound, "limited_by": max((("compute", compute), ("HBM", hbm), ("ICI", ici),
@@ -418,7 +432,7 @@ def tree_bytes(tree: Any, layout: sharding.Layout | None = None) -> dict[str, fl
 # ------------------------------------------------------------------------------------------ the report
 
 
-def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int) -> dict[str, Any]:
+def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int, encoder: bool = True) -> dict[str, Any]:
     """Compiles the step (and the encoder) and gathers every analysis; raises DoesNotFit for an out-of-memory."""
     devices = topology_devices(target, num_slices)
     p = program(cfg, devices, per_device_batch)
@@ -451,7 +465,7 @@ def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int) -> 
                  "warning": None if ratio is None or 0.75 <= ratio <= 1.25 else
                  f"the compiler counts {ratio:.2f}x the analytic FLOPs (remat recomputes, a scan is counted once)"},
         "collectives": {"ops": rows, "by_opcode": summarise_collectives(rows)},
-        "roofline": roofline(c["flops"], c["bytes_accessed"], rows, chip, analytic, p.global_batch, num_slices),
+        "roofline": roofline(c["flops"], c["bytes_accessed"], rows, chip, analytic, p.global_batch),
         "compile_seconds": seconds,
     }
     if p.layout.fsdp:  # the same step with replicated params, for comparison
@@ -460,11 +474,12 @@ def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int) -> 
             out["replicated_memory"] = memory(rep, chip)
         except DoesNotFit as e:
             out["replicated_memory"] = {"fits": False, "compiler": str(e)}
-    try:
-        enc = compile_encoder(cfg, p.spec.bert, devices[0], cfg.eval.batch_size)
-        out["encoder"] = {"batch": cfg.eval.batch_size, "memory": memory(enc, chip), "cost": cost(enc)}
-    except DoesNotFit as e:
-        out["encoder"] = {"batch": cfg.eval.batch_size, "does_not_fit": str(e)}
+    if encoder:
+        try:
+            enc = compile_encoder(cfg, p.spec.bert, devices[0], cfg.eval.batch_size)
+            out["encoder"] = {"batch": cfg.eval.batch_size, "memory": memory(enc, chip), "cost": cost(enc)}
+        except DoesNotFit as e:
+            out["encoder"] = {"batch": cfg.eval.batch_size, "does_not_fit": str(e)}
     return out
 
 
@@ -480,13 +495,14 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
     return True, float(memory(compiled, chip_of(devices[0]))["total_bytes"])
 
 
-def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17) -> dict:
+def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
+              fits_fn: Any = fits) -> dict:
     """The largest per-device batch that compiles within HBM: two compiles fit memory = a + b x batch, the
     prediction is bracketed by compiles, then bisected to 1/32 of the answer (8 compiles or so)."""
     tried: dict[int, bool] = {}
 
     def check(b: int) -> tuple[bool, float | None]:
-        ok, mem = fits(cfg, devices, b, what)
+        ok, mem = fits_fn(cfg, devices, b, what)
         tried[b] = ok
         log.info("%s at per-device batch %d: %s", what, b, "fits" if ok else "does not fit")
         return ok, mem

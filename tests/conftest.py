@@ -13,6 +13,9 @@ _CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax_compilatio
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# libtpu (the [tpu] extra, for sgcl_jax.aot) is installed here: without this every test process would first try
+# to bring up TPU chips that this machine does not have. The AOT tests describe TPU topologies explicitly.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # No LLVM optimisation: the test programs (tiny models, a few steps each) compile about 3x faster, which outweighs
 # the slower MiniLM encoding (about 1.5x) of the few tests that run it (measured on 2 cores). The computation is
 # the same; only the machine code is less optimised.

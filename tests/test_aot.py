@@ -1,0 +1,176 @@
+"""Ahead-of-time compilation for TPU topologies on this CPU machine: the compiler's own analyses of the trainer's
+step (libtpu describes the chips; nothing runs). Oracles: MaxText's topology table, libtpu's device list, the
+compiler's memory and cost analyses and its HLO, and the sizes the design implies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from jax.sharding import PartitionSpec as P
+
+pytest.importorskip("libtpu", reason="the [tpu] extra (libtpu) is not installed")
+
+from sgcl_jax import pod  # noqa: E402
+from sgcl_jax.sharding import Layout, make_mesh  # noqa: E402
+
+TOPOLOGIES = {  # user name -> (JAX name, wrap) as in MaxText's accelerator_to_spec_map.py
+    "v5e-8": ("v5e:2x4", (False, False, False)), "v5e-128": ("v5e:8x16", (False, True, False)),
+    "v5e-256": ("v5e:16x16", (True, True, False)), "v6e-256": ("v6e:16x16", (True, True, False)),
+    "v4-8": ("v4:2x2x1", (False, False, False)), "v4-32": ("v4:2x2x4", (False, False, False)),
+    "v4-128": ("v4:4x4x4", (True, True, True)), "v5p-8": ("v5:2x2x1", (False, False, False)),
+    "v5p-128": ("v5:4x4x4", (True, True, True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_topology_names_follow_maxtext(name):
+    t = pod.resolve_topology(name)
+    assert (t.topology, t.wrap) == TOPOLOGIES[name]
+    assert pod.resolve_topology(t.topology).topology == t.topology  # JAX's form names the same slice
+    assert t.chip_config == {"v4": "megacore_dense", "v5": "megacore"}.get(t.topology.split(":")[0], "default")
+
+
+def test_unknown_topologies_are_refused():
+    for bad in ("v5e-7", "v9-8", "v5e:2x2x2", "tpu"):
+        with pytest.raises(ValueError, match="--topology"):
+            pod.resolve_topology(bad)
+
+
+def test_libtpu_describes_the_slices():
+    v4 = pod.topology_devices(pod.resolve_topology("v4-8"))  # 8 TensorCores = 4 megacore chips
+    assert len(v4) == 4 and v4[0].device_kind == "TPU v4" and pod.chip_of(v4[0]).name == "TPU v4"
+    v5e = pod.topology_devices(pod.resolve_topology("v5e:2x2"), num_slices=2)
+    assert len(v5e) == 8 and {d.slice_index for d in v5e} == {0, 1}
+    assert pod.chip_of(v5e[0]).name == "TPU v5e"
+
+
+def _report(tiny_config, topology, batch, slices=1, encoder=False, **overrides):
+    return pod.report(tiny_config(**overrides), pod.resolve_topology(topology), slices, batch, encoder=encoder)
+
+
+@pytest.fixture(scope="module")
+def reports(tiny_config):
+    """The tiny config's step compiled for a v5e 2x2 slice (with the encoder) and a v4 2x2x1 slice, 4 a device."""
+    return {"v5e:2x2": _report(tiny_config, "v5e:2x2", 4, encoder=True), "v4:2x2x1": _report(tiny_config, "v4-8", 4)}
+
+
+def test_the_only_collectives_are_the_gradients_and_the_global_batch(reports):
+    for r in reports.values():
+        ops = r["collectives"]["ops"]
+        roles = {op["role"].split(":")[0] for op in ops}
+        assert roles == {"gradients", "negatives", "loss"}, roles
+        grad = sum(op["bytes"] for op in ops if op["role"].startswith("gradients"))
+        trainable = r["params"]["trainable"]["bytes"]  # fp32 gradients of every trainable param, plus scalars
+        assert 0 <= grad - trainable <= 64, (grad, trainable)
+        gb, feature = r["mesh"]["global_batch"], 64  # tiny: head_dim 64
+        negatives = [op for op in ops if op["role"].startswith("negatives")]
+        assert any(op["op"] in ("all-gather", "all-reduce") for op in negatives)
+        for op in negatives:  # each moves a whole number of the global batch's feature vectors (bf16 or fp32)
+            assert op["bytes"] % (gb * feature * 2) == 0, op
+        assert all(op["group_size"] == r["target"]["devices"] and not op["crosses_slices"] for op in ops)
+
+
+def test_report_sections(reports):
+    r = reports["v5e:2x2"]
+    mem, cost, roof = r["memory"], r["cost"], r["roofline"]
+    assert mem["total_bytes"] == (mem["argument_bytes"] + mem["output_bytes"] - mem["alias_bytes"]
+                                  + mem["temp_bytes"] + mem["generated_code_bytes"])
+    assert mem["alias_bytes"] > 0  # the state is donated: its buffers are reused for the new state
+    assert mem["hbm_bytes"] == 16 * 2**30 and mem["fits"]
+    assert cost["flops"] > 0 and cost["analytic_flops"] > 0 and cost["ratio"] == cost["flops"] / cost["analytic_flops"]
+    assert roof["step_s"] == max(roof["compute_s"], roof["hbm_s"], roof["ici_s"]) > 0
+    assert roof["sentences_per_s"] == pytest.approx(16 / roof["step_s"])
+    assert r["encoder"]["memory"]["fits"] and r["encoder"]["batch"] == 64
+    assert r["params"]["optimizer_state"]["count"] == 2 * r["params"]["trainable"]["count"] + 2  # Adam mu, nu; counts
+    text = pod.format_report(r)
+    assert "compiled, not run" in text and "of 16.00 GiB HBM" in text and ": fits" in text and "libtpu 0.0.42" in text
+
+
+@pytest.mark.slow
+def test_per_device_flops_do_not_grow_with_the_chip_count(tiny_config, reports):
+    small, large = reports["v5e:2x2"], _report(tiny_config, "v5e:2x4", 4)
+    assert large["cost"]["flops"] == pytest.approx(small["cost"]["flops"], rel=0.05)
+    assert reports["v4:2x2x1"]["cost"]["flops"] == pytest.approx(small["cost"]["flops"], rel=0.05)
+    assert large["mesh"]["global_batch"] == 2 * small["mesh"]["global_batch"]
+
+
+@pytest.mark.slow
+def test_memory_grows_with_the_batch(tiny_config, reports):
+    big, small = _report(tiny_config, "v5e:2x2", 64), reports["v5e:2x2"]
+    # at least the guide's hidden states of 60 more sentences (3 layers x 32 tokens x 32 wide, fp32)
+    assert big["memory"]["temp_bytes"] - small["memory"]["temp_bytes"] >= 60 * 3 * 32 * 32 * 4
+    assert big["memory"]["argument_bytes"] > small["memory"]["argument_bytes"]  # the batch is an argument
+    assert big["cost"]["flops"] == pytest.approx(16 * small["cost"]["flops"], rel=0.1)
+
+
+@pytest.mark.slow
+def test_fsdp_shards_params_and_adds_their_gathers(tiny_config):
+    wide = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512,
+            "max_position_embeddings": 128, "vocab_size": 30522}
+    fsdp = _report(tiny_config, "v5e:2x2", 4, **{"model.random": wide, "model.head_dim": 128, "mesh.fsdp": True})
+    rep = fsdp["replicated_memory"]  # the same step with replicated params, compiled alongside
+    assert fsdp["params"]["trainable"]["bytes_per_device"] < 0.5 * fsdp["params"]["trainable"]["bytes"]
+    assert fsdp["memory"]["argument_bytes"] < 0.5 * rep["argument_bytes"]
+    roles = {op["role"].split(":")[0] for op in fsdp["collectives"]["ops"]}
+    assert {"parameters", "gradients", "negatives"} <= roles, roles
+    assert "all-gather" in fsdp["collectives"]["by_opcode"]  # the weights, gathered where they are used
+    assert "the same step with replicated params" in pod.format_report(fsdp)
+
+
+@pytest.mark.slow
+def test_multi_slice_separates_what_crosses_the_slices(tiny_config):
+    r = _report(tiny_config, "v5e:2x2", 4, slices=2)
+    assert r["target"]["slices"] == 2 and r["mesh"]["axes"]["data"] == 8
+    crossing = [op for op in r["collectives"]["ops"] if op["crosses_slices"]]
+    assert crossing and r["roofline"]["dcn_s"] > 0
+    assert "cross slices" in pod.format_report(r)
+
+
+def test_max_batch_search_finds_the_boundary():
+    devices = pod.topology_devices(pod.resolve_topology("v5e:2x2"))
+    hbm = 16 * 2**30
+    for limit_batch in (3, 700, 1234, 50_000):
+        def fake(cfg, devs, b, what, limit_batch=limit_batch):  # memory grows faster than linearly near the top
+            mem = 2**30 + (hbm - 2**30) * (b / limit_batch) ** 1.3
+            return b <= limit_batch, (mem if b <= limit_batch else None)
+
+        found = pod.max_batch(None, devices, "step", start=8, fits_fn=fake)
+        best, bad = found["max_per_device_batch"], found["first_failing"]
+        assert best <= limit_batch < bad <= best + max(1, best // 32), (limit_batch, found)
+        assert found["compiles"] <= 16, found
+
+
+@pytest.mark.slow
+def test_cli_does_not_fit_exits_2(tmp_path, repo_root, subprocess_env):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "sgcl_jax.aot", "--config", "tiny", "--topology", "v5e-4",
+           "--batch-per-device", "4000000", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("does not fit: ") and "hbm" in line.lower(), line
+    saved = json.loads(out.read_text())
+    assert saved["fits"] is False and "hbm" in saved["compiler"].lower()
+
+
+@pytest.mark.slow
+def test_cli_report_json(tmp_path, repo_root, subprocess_env):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "sgcl_jax.aot", "--config", "tiny", "--topology", "v4-8", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = json.loads(out.read_text())
+    assert saved["label"] == "compiled, not run" and saved["target"]["jax_topology"] == "v4:2x2x1"
+    assert saved["target"]["libtpu"] != "not installed" and saved["memory"]["fits"] is True
+    assert "TPU v4" in r.stdout and "roofline" in r.stdout
+
+
+def test_fsdp_splits_the_largest_divisible_axis():
+    layout = Layout(make_mesh(devices=pod.topology_devices(pod.resolve_topology("v5e-8"))), fsdp=True)
+    assert layout.spec((30522, 768)) == P(None, "data")  # 30522 does not divide by 8
+    assert layout.spec((3072, 768)) == P("data", None)
+    assert layout.spec((768,)) == P()  # small arrays stay replicated
+    assert Layout(layout.mesh).spec((3072, 768)) == P()  # the replicated layout
