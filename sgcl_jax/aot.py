@@ -2,7 +2,7 @@
 
     python -m sgcl_jax.aot --config bert_base --topology v5e-256 --out report.json
     python -m sgcl_jax.aot --config bert_base --topology v4-32 --batch-per-device 64 --config.model.dtype=bfloat16
-    python -m sgcl_jax.aot --config default --topology v5e-8 --max-batch
+    python -m sgcl_jax.aot --config default --topology v5e-8 --max-batch all
     python -m sgcl_jax.aot --config bert_base --topology v5e-256 --num-slices 2 --config.mesh.fsdp=True
 
 Topologies: the user's names (v5e-8, v5e-256, v4-32, v5p-128, v6e-256; v4 and v5p count TensorCores) or JAX's
@@ -37,8 +37,10 @@ _SLICES = flags.DEFINE_integer("num-slices", 1, "Slices joined over the data-cen
                                "mesh).")
 _BATCH = flags.DEFINE_integer("batch-per-device", None, "Sentences per device (default: the config's global "
                               "data.batch_size spread over the devices, at least 1 each).")
-_MAX_BATCH = flags.DEFINE_bool("max-batch", False, "Also search the largest per-device batch that compiles within "
-                               "HBM, for the train step and for the evaluation encoder.")
+_MAX_BATCH = flags.DEFINE_enum("max-batch", "none", ["none", "step", "all"], "Also search the largest per-device "
+                               "batch that compiles within HBM: for the train step, or for it and the evaluation "
+                               "encoder ('all').")
+_RESOLUTION = flags.DEFINE_integer("max-batch-resolution", 32, "The search stops within 1/N of the answer.")
 _OUT = flags.DEFINE_string("out", None, "Write the report as JSON here.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a failure.")
 flags.mark_flags_as_required(["config", "topology"])
@@ -70,9 +72,11 @@ def main(argv: Sequence[str]) -> None:
             raise ValueError(f"--num-slices {_SLICES.value}: must be >= 1")
         batch = per_device_batch(cfg, target.chips * _SLICES.value, _BATCH.value)
         report = pod.report(cfg, target, _SLICES.value, batch)
-        if _MAX_BATCH.value:
+        if _MAX_BATCH.value != "none":
             devices = pod.topology_devices(target, _SLICES.value)
-            report["max_batch"] = {what: pod.max_batch(cfg, devices, what) for what in ("step", "encoder")}
+            whats = ("step", "encoder") if _MAX_BATCH.value == "all" else ("step",)
+            report["max_batch"] = {what: pod.max_batch(cfg, devices, what, resolution=_RESOLUTION.value)
+                                   for what in whats}
     except pod.DoesNotFit as e:
         print(f"does not fit: {e}", file=sys.stderr)
         if _OUT.value:

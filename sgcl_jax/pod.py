@@ -496,9 +496,9 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
 
 
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
-              fits_fn: Any = fits) -> dict:
+              resolution: int = 32, fits_fn: Any = fits) -> dict:
     """The largest per-device batch that compiles within HBM: two compiles fit memory = a + b x batch, the
-    prediction is bracketed by compiles, then bisected to 1/32 of the answer (8 compiles or so)."""
+    prediction is bracketed by compiles, then bisected to 1/resolution of the answer (6-8 compiles)."""
     tried: dict[int, bool] = {}
 
     def check(b: int) -> tuple[bool, float | None]:
@@ -523,18 +523,19 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
             while hi is None:  # bracket the prediction: step up until a compile fails
                 ok, _ = check(b)
                 if ok:
-                    lo, b = b, min(limit, max(b + 1, int(b * 1.1)))
+                    lo, b = b, min(limit, max(b + 1, int(b * (1 + 2 / resolution))))
                     if lo >= limit:
                         hi = limit + 1
                 else:
                     hi = b
-    while hi - lo > max(1, lo // 32):
+    while hi - lo > max(1, lo // resolution):
         mid = (lo + hi) // 2
         if check(mid)[0]:
             lo = mid
         else:
             hi = mid
-    return {"what": what, "max_per_device_batch": lo, "first_failing": hi, "compiles": len(tried),
+    return {"what": what, "max_per_device_batch": lo, "first_failing": hi, "resolution": f"1/{resolution}",
+            "compiles": len(tried),
             "tried": {str(k): v for k, v in sorted(tried.items())}}
 
 
