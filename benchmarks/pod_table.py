@@ -69,7 +69,8 @@ def table(folder: Path) -> str:
             fs = (fsdp.get("max_batch") or {}).get("step", {}).get("max_per_device_batch", "-")
             lines.append(
                 f"| {model} | {topology} | {mb.get('step', {}).get('max_per_device_batch', '-')} | {fs} | "
-                f"{mem['total_bytes'] / 2**30:.2f} of {mem['hbm_bytes'] / 2**30:.0f} GiB ({per}/device) | {roof['step_s'] * 1e3:.2f} ms | {roof['limited_by']} | {roof['sentences_per_s']:,.0f} | "
+                f"{mem['total_bytes'] / 2**30:.2f} of {mem['hbm_bytes'] / 2**30:.0f} GiB ({per}/device) | "
+                f"{roof['step_s'] * 1e3:.2f} ms | {roof['limited_by']} | {roof['sentences_per_s']:,.0f} | "
                 f"{100 * roof['mfu_ceiling']:.1f} % | {coll / 2**20:.0f} MiB | {rep['cost']['ratio']:.2f} |")
     return "\n".join(lines)
 
