@@ -18,7 +18,7 @@ from pathlib import Path
 MODELS = {"MiniLM": ["--config", "default"], "bert-base": ["--config", "bert_base"],
           "bert-large": ["--config", "bert_base", "--config.model.name=bert-large-uncased"]}
 TOPOLOGIES = ("v5e-8", "v5e-256", "v4-32", "v5p-128", "v6e-256")
-COMMON = ["--config.model.dtype=bfloat16", "--config.model.max_length=128", "--config.data.batch_size=16",
+COMMON = ["--config.model.max_length=128", "--config.data.batch_size=16",
           "--max-batch-resolution", "8"]
 
 

@@ -7,10 +7,13 @@ the accelerator (`aot`); 130 interrupted (Ctrl-C), after saving what there was t
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sgcl_jax.config import config_path
+from sgcl_jax.interrupts import Stopped
 
 OK, ERROR, DOES_NOT_FIT, INTERRUPTED = 0, 1, 2, 130
 # The exceptions that mean bad input, a refused run folder or a failing resource: printed as one line.
@@ -30,6 +33,21 @@ def fail(error: BaseException, verbose: bool, code: int = ERROR) -> int:
         raise error
     print(f"error: {error}", file=sys.stderr)
     return code
+
+
+def command_line() -> str:
+    """This process's command line as a user would type it again (python -m for a package module)."""
+    argv = list(sys.argv)
+    script = Path(argv[0])
+    if script.parent.name == "sgcl_jax" and script.suffix == ".py":
+        argv[:1] = ["-m", f"sgcl_jax.{script.stem}"]
+    return shlex.join(["python", *argv])
+
+
+def stopped(stop: Stopped) -> int:
+    """Prints where a stopped run is and the command that resumes it; 0 after a preemption, 130 after Ctrl-C."""
+    print(f"{stop}; resume with: {command_line()}", file=sys.stderr)
+    return OK if stop.signame == "SIGTERM" else INTERRUPTED
 
 
 def resolve_config_arg(argv: Sequence[str]) -> list[str]:

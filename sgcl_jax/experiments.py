@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from sgcl_jax import cli
 from sgcl_jax.config import Config, ConfigError, load_config_file
 from sgcl_jax.files import write_json
+from sgcl_jax.interrupts import Stopped
 from sgcl_jax.trainer import train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -219,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             variants = [by_name[n] for n in wanted]
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [base.seed]
         run_experiment(args.experiment, base, variants, args.workdir, seeds)
+    except Stopped as e:
+        return cli.stopped(e)
     except (ValueError, OSError, FloatingPointError) as e:
         if args.verbose:
             raise

@@ -17,6 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sgcl_jax import cli, sharding
+from sgcl_jax.interrupts import Stopped
 from sgcl_jax.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -39,6 +40,8 @@ def main(argv: Sequence[str]) -> None:
     try:
         sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Stopped as e:  # SIGTERM (preemption) or Ctrl-C: a checkpoint was saved at a step boundary
+        sys.exit(cli.stopped(e))
     except (ValueError, OSError, FloatingPointError, ImportError) as e:
         sys.exit(cli.fail(e, _VERBOSE.value))
 

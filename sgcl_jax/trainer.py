@@ -20,6 +20,7 @@ from sgcl_jax import checkpointing, data, evaluate, runs, sharding, sts
 from sgcl_jax.config import Config, identity
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import write_json
+from sgcl_jax.interrupts import Interrupts, Stopped
 from sgcl_jax.model import ModelSpec, load_guide, trained_bert
 from sgcl_jax.train_step import create_train_state, jit_train_step, state_shardings
 
@@ -185,18 +186,15 @@ def train_one(cfg: Config, workdir: Path) -> dict[str, Any]:
                     "data.fingerprint": data.fingerprint(sentences) if shared else "per-process"}
     dev = _dev_set(cfg)
 
-    lock = runs.RunLock(workdir) if proc0 else None
-    if lock is not None:
-        lock.__enter__()
-    try:
-        return _train_locked(cfg, workdir, guide_model, spec, batches, total, run_identity, dev, mesh, proc0)
-    finally:
-        if lock is not None:
-            lock.__exit__()
+    lock = runs.RunLock(workdir) if proc0 else contextlib.nullcontext()
+    with lock, Interrupts() as interrupts:
+        return _train_locked(cfg, workdir, guide_model, spec, batches, total, run_identity, dev, mesh, proc0,
+                             interrupts)
 
 
 def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec, batches: data.Batches, total: int,
-                  run_identity: dict[str, Any], dev: sts.Subset | None, mesh: Any, proc0: bool) -> dict[str, Any]:
+                  run_identity: dict[str, Any], dev: sts.Subset | None, mesh: Any, proc0: bool,
+                  interrupts: Interrupts) -> dict[str, Any]:
     # -- resume check: a run folder with checkpoints continues only the same run
     meta = None
     # One answer for all processes, taken before any of them writes: the first to create checkpoints/ would
@@ -283,6 +281,11 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
             if step % cfg.train.checkpoint_every == 0 or step == total or run.stopped:
                 with timer.excluding():
                     save(step)
+            signame = interrupts.reached(step)
+            if signame:  # preempted or Ctrl-C: save this step (every process the same one), then stop
+                if ckpt.latest_step() != step:
+                    save(step)
+                raise Stopped(signame, step, True, workdir)
         if bar is not None:
             bar.close()
         if ckpt.latest_step() != step:
@@ -291,7 +294,10 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
 
     try:
         step = train_loop()
-    finally:  # also on divergence or an interrupt: in-flight saves complete, files are closed
+    except KeyboardInterrupt:  # a second Ctrl-C: no save of this step, but the in-flight one completes
+        ckpt.wait()
+        raise Stopped("SIGINT", ckpt.latest_step(), False, workdir) from None
+    finally:  # also on divergence or a stop: in-flight saves complete, files are closed
         ckpt.close()
         records.close()
 

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -36,19 +38,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes(tmp_path, train_cmd, subprocess_env):
-    env = {**subprocess_env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
-    cmd = train_cmd(tmp_path, "--config.train.num_steps=4", "--config.train.eval_every=2",
-                    "--config.train.checkpoint_every=4")
+def _two_processes(cmd, env, signal_after=None):
+    """Runs `cmd` as processes 0 and 1; with signal_after (a file), SIGTERMs both once it exists (a preemption)."""
+    env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
     procs = [subprocess.Popen(cmd, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    if signal_after is not None:
+        deadline = time.time() + 300
+        while not signal_after.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), "the run ended before it could be preempted"
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
     try:
         outs = [p.communicate(timeout=400)[0] for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
         pytest.fail("the 2-process run hung")
+    return procs, outs
+
+
+@pytest.mark.slow
+def test_two_processes(tmp_path, train_cmd, subprocess_env):
+    cmd = train_cmd(tmp_path, "--config.train.num_steps=4", "--config.train.eval_every=2",
+                    "--config.train.checkpoint_every=4")
+    procs, outs = _two_processes(cmd, subprocess_env)
     assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
     assert "process 0 of 2" in outs[0] and "process 1 of 2" in outs[1]
     assert "mesh {'data': 2, 'model': 1} over 2 cpu device(s) in 2 process(es); global batch 8 = 4 per" in outs[0]
@@ -56,3 +71,25 @@ def test_two_processes(tmp_path, train_cmd, subprocess_env):
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["training"]["step"] == 4 and np.isfinite(res["tasks"]["STSB"]["score"])
     assert "task" in outs[0] and "task" not in outs[1]  # only process 0 prints the results table
+
+
+@pytest.mark.slow
+def test_two_processes_preempted_resume_bitwise(tmp_path, train_cmd, subprocess_env):
+    """SIGTERM on both processes (a pod's preemption notice): both save the same step through JAX's preemption
+    sync point, exit 0, and the resumed run ends bitwise where an uninterrupted 2-process run ends."""
+    from tests.test_trainer import assert_same_run
+
+    extra = ("--config.train.num_steps=120", "--config.train.eval_every=40", "--config.train.checkpoint_every=40",
+             "--config.train.log_every=1")
+    straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+    procs, outs = _two_processes(train_cmd(straight, *extra), subprocess_env)
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:]
+    procs, outs = _two_processes(train_cmd(preempted, *extra), subprocess_env,
+                                 signal_after=preempted / "checkpoints" / "40")
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    steps = sorted(int(p.name) for p in (preempted / "checkpoints").iterdir() if p.name.isdigit())
+    assert 40 < steps[-1] < 120 and not (preempted / "results.json").exists(), steps
+    assert f"stopped by SIGTERM at step {steps[-1]}: saved" in outs[0]
+    procs, outs = _two_processes(train_cmd(preempted, *extra), subprocess_env)
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:]
+    assert_same_run(straight, preempted, steps=120)

@@ -97,44 +97,79 @@ def test_nan_dev_score_is_never_best():
     assert (run.best_score, run.best_step, run.drops) == (50.0, 10, 0)
 
 
-@pytest.mark.slow
-def test_exact_resume_after_kill(tmp_path, train_cmd, subprocess_env):
-    straight = tmp_path / "straight"
-    subprocess.run(train_cmd(straight), check=True, env=subprocess_env, capture_output=True, timeout=300)
+def final_state(workdir):
+    """(step, restored state) of a run folder's newest checkpoint."""
+    ckpt = Checkpoints(workdir, writable=False)
+    step = ckpt.latest_step()
+    out = ckpt.state.restore(step)
+    ckpt.close()
+    return step, out
 
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(killed), env=subprocess_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+
+def assert_same_run(straight, resumed, steps=30):
+    """The resumed run's final state, scores and metrics log equal the uninterrupted run's, bitwise."""
+    (s1, a), (s2, b) = final_state(straight), final_state(resumed)
+    assert s1 == s2 == steps
+    leaves_a, leaves_b = jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"])
+    assert len(leaves_a) == len(leaves_b)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b, strict=True))
+    ra, rb = (json.loads((w / "results.json").read_text()) for w in (straight, resumed))
+    assert ra["tasks"] == rb["tasks"] and ra["training"]["best_step"] == rb["training"]["best_step"]
+    # The metrics log of the resumed run reads as one run: each step once, the same values.
+    la, lb = ([json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()] for w in (straight, resumed))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_s"} for r in rows]  # noqa: E731
+    assert strip(la) == strip(lb)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, train_cmd, subprocess_env):
+    """An uninterrupted tiny run: the reference of the resume tests."""
+    folder = tmp_path_factory.mktemp("straight")
+    subprocess.run(train_cmd(folder), check=True, env=subprocess_env, capture_output=True, timeout=300)
+    return folder
+
+
+def _interrupt(workdir, train_cmd, env, sig):
+    """Starts a tiny run, sends `sig` once its step-10 checkpoint exists; -> (exit status, stderr)."""
+    proc = subprocess.Popen(train_cmd(workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while not (killed / "checkpoints" / "10").exists() and time.time() < deadline and proc.poll() is None:
+    while not (workdir / "checkpoints" / "10").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "results.json").exists()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_exact_resume_after_kill(tmp_path, train_cmd, subprocess_env, straight_run):
+    killed = tmp_path / "killed"
+    code, _ = _interrupt(killed, train_cmd, subprocess_env, signal.SIGKILL)
+    assert code == -signal.SIGKILL and not (killed / "results.json").exists()
     interrupted_at = Checkpoints(killed, writable=False).latest_step()
     assert interrupted_at is not None and interrupted_at < 30
     # The killed process's lock is stale: the resumed run takes it over.
     subprocess.run(train_cmd(killed), check=True, env=subprocess_env, capture_output=True, timeout=300)
+    assert_same_run(straight_run, killed)
 
-    def final_state(workdir):
-        ckpt = Checkpoints(workdir, writable=False)
-        step = ckpt.latest_step()
-        out = ckpt.state.restore(step)
-        ckpt.close()
-        return step, out
 
-    (s1, a), (s2, b) = final_state(straight), final_state(killed)
-    assert s1 == s2 == 30
-    leaves_a, leaves_b = jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"])
-    assert len(leaves_a) == len(leaves_b)
-    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b, strict=True))
-    ra, rb = (json.loads((w / "results.json").read_text()) for w in (straight, killed))
-    assert ra["tasks"] == rb["tasks"] and ra["training"]["best_step"] == rb["training"]["best_step"]
-    # The metrics log of the resumed run reads as one run: each step once, the same values.
-    la, lb = ([json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()] for w in (straight, killed))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_s"} for r in rows]  # noqa: E731
-    assert strip(la) == strip(lb)
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_at_the_step_boundary_and_resumes_bitwise(tmp_path, train_cmd, subprocess_env, straight_run,
+                                                                 sig):
+    stopped = tmp_path / "stopped"
+    code, err = _interrupt(stopped, train_cmd, subprocess_env, sig)
+    line = err.strip().splitlines()[-1]
+    step = Checkpoints(stopped, writable=False).latest_step()
+    # SIGTERM (a preemption) exits 0 without scoring; Ctrl-C exits 130; both saved the step they stopped at.
+    assert code == (0 if sig == signal.SIGTERM else 130), err[-2000:]
+    assert 10 < step < 30 and not (stopped / "results.json").exists()
+    assert line.startswith(f"stopped by {sig.name} at step {step}: saved {stopped}/checkpoints/{step}; resume with: "
+                           "python "), line
+    resume = line.split("resume with: ", 1)[1]
+    assert "train.py" in resume and f"--workdir {stopped}" in resume
+    subprocess.run(train_cmd(stopped), check=True, env=subprocess_env, capture_output=True, timeout=300)
+    assert_same_run(straight_run, stopped)
 
 
 def test_config_is_validated_at_construction():
