@@ -98,10 +98,16 @@ def test_nan_dev_score_is_never_best():
 
 
 def final_state(workdir):
-    """(step, restored state) of a run folder's newest checkpoint."""
+    """(step, restored state) of a run folder's newest checkpoint, on this process's first device (the run may
+    have been saved by several processes)."""
+    import orbax.checkpoint as ocp
+
     ckpt = Checkpoints(workdir, writable=False)
     step = ckpt.latest_step()
-    out = ckpt.state.restore(step)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                          ckpt.state.item_metadata(step)["state"])
+    out = ckpt.state.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     ckpt.close()
     return step, out
 
