@@ -1,9 +1,10 @@
-"""The README's "Planning a pod run" table: runs `python -m sgcl_jax.aot` for each model x topology (replicated with
---max-batch all, then FSDP with --max-batch step), one JSON per run in --out (resumable: a JSON already there is not
-compiled again), then prints the Markdown table from those JSONs.
+"""The README's "Planning a pod run" table from `python -m sgcl_jax.aot`'s own JSON: first one report per model x
+topology at the paper's global batch (16, spread over the devices), then the largest per-device batch (replicated
+and FSDP) for the cells given to --max-batch. One JSON per command in --out; a JSON already there is not compiled
+again (resumable); the table is printed from the JSONs present.
 
-    JAX_PLATFORMS=cpu python benchmarks/pod_table.py --out runs/pod_table            # compile what is missing
-    python benchmarks/pod_table.py --out runs/pod_table --table-only                 # the table from the JSONs
+    JAX_PLATFORMS=cpu python benchmarks/pod_table.py --out runs/pod_table --max-batch bert-base:v5e-256
+    python benchmarks/pod_table.py --out runs/pod_table --table-only
 """
 
 from __future__ import annotations
@@ -22,28 +23,36 @@ COMMON = ["--config.model.max_length=128", "--config.data.batch_size=16",
           "--max-batch-resolution", "8"]
 
 
-def command(model: str, topology: str, fsdp: bool, out: Path) -> list[str]:
-    """The aot command line of one cell."""
-    extra = ["--config.mesh.fsdp=True", "--max-batch", "step"] if fsdp else ["--max-batch", "all"]
+def command(model: str, topology: str, out: Path, search: str | None = None) -> list[str]:
+    """The aot command line of one cell: the report, or (search='replicated'|'fsdp') its largest batch."""
+    fsdp = ["--config.mesh.fsdp=True"] if search == "fsdp" else []
+    extra = [] if search is None else ["--max-batch", "step", *fsdp]
     return [sys.executable, "-m", "sgcl_jax.aot", *MODELS[model], "--topology", topology, *COMMON, *extra,
             "--out", str(out)]
 
 
-def run_missing(folder: Path, models: list[str], topologies: list[str]) -> None:
-    """Compiles every cell whose JSON is missing, logging each command and its wall time."""
+def _run(cmd: list[str], out: Path) -> None:
+    if out.exists():
+        return
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    print(f"{time.time() - t0:7.0f} s  exit {r.returncode}  {' '.join(cmd[1:])}", flush=True)
+    if r.returncode not in (0, 2):
+        print(r.stderr[-3000:], file=sys.stderr)
+
+
+def run_missing(folder: Path, models: list[str], topologies: list[str], searches: list[str]) -> None:
+    """Compiles every report whose JSON is missing, then the max-batch searches asked for (model:topology)."""
     folder.mkdir(parents=True, exist_ok=True)
     for model in models:
         for topology in topologies:
-            for fsdp in (False, True):
-                out = folder / f"{model}_{topology}_{'fsdp' if fsdp else 'replicated'}.json"
-                if out.exists():
-                    continue
-                cmd = command(model, topology, fsdp, out)
-                t0 = time.time()
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                print(f"{time.time() - t0:7.0f} s  exit {r.returncode}  {' '.join(cmd[1:])}", flush=True)
-                if r.returncode not in (0, 2):
-                    print(r.stderr[-3000:], file=sys.stderr)
+            out = folder / f"{model}_{topology}.json"
+            _run(command(model, topology, out), out)
+    for cell in searches:
+        model, topology = cell.split(":")
+        for layout in ("replicated", "fsdp"):
+            out = folder / f"{model}_{topology}_max_{layout}.json"
+            _run(command(model, topology, out, layout), out)
 
 
 def table(folder: Path) -> str:
@@ -54,21 +63,23 @@ def table(folder: Path) -> str:
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for model in MODELS:
         for topology in TOPOLOGIES:
-            rep_file = folder / f"{model}_{topology}_replicated.json"
-            fsdp_file = folder / f"{model}_{topology}_fsdp.json"
+            rep_file = folder / f"{model}_{topology}.json"
             if not rep_file.exists():
                 continue
             rep = json.loads(rep_file.read_text())
-            fsdp = json.loads(fsdp_file.read_text()) if fsdp_file.exists() else {}
+            found = {}
+            for layout in ("replicated", "fsdp"):
+                f = folder / f"{model}_{topology}_max_{layout}.json"
+                mb = json.loads(f.read_text()).get("max_batch", {}).get("step", {}) if f.exists() else {}
+                found[layout] = mb.get("max_per_device_batch", "-")
             if not rep.get("memory"):
                 lines.append(f"| {model} | {topology} | does not fit: {rep.get('compiler', '')} |")
                 continue
-            mem, roof, mb = rep["memory"], rep["roofline"], rep.get("max_batch", {})
+            mem, roof = rep["memory"], rep["roofline"]
             per = rep["mesh"]["per_device_batch"]
             coll = sum(s["bytes"] for s in rep["collectives"]["by_opcode"].values())
-            fs = (fsdp.get("max_batch") or {}).get("step", {}).get("max_per_device_batch", "-")
             lines.append(
-                f"| {model} | {topology} | {mb.get('step', {}).get('max_per_device_batch', '-')} | {fs} | "
+                f"| {model} | {topology} | {found['replicated']} | {found['fsdp']} | "
                 f"{mem['total_bytes'] / 2**30:.2f} of {mem['hbm_bytes'] / 2**30:.0f} GiB ({per}/device) | "
                 f"{roof['step_s'] * 1e3:.2f} ms | {roof['limited_by']} | {roof['sentences_per_s']:,.0f} | "
                 f"{100 * roof['mfu_ceiling']:.1f} % | {coll / 2**20:.0f} MiB | {rep['cost']['ratio']:.2f} |")
@@ -81,11 +92,13 @@ def main() -> int:
     ap.add_argument("--out", default="runs/pod_table", help="the folder of per-cell JSONs")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--topologies", default=",".join(TOPOLOGIES))
+    ap.add_argument("--max-batch", default="", help="comma-separated model:topology cells to search")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     folder = Path(args.out)
     if not args.table_only:
-        run_missing(folder, args.models.split(","), args.topologies.split(","))
+        run_missing(folder, args.models.split(","), args.topologies.split(","),
+                    [c for c in args.max_batch.split(",") if c])
     print(table(folder))
     return 0
 

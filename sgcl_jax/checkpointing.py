@@ -44,19 +44,29 @@ def _manager(folder: Path, keep: int, writable: bool, async_save: bool = True) -
         cleanup_tmp_directories=writable, enable_async_checkpointing=async_save))
 
 
-def _restore_newest(mngr: ocp.CheckpointManager, args: Any, what: str,
-                    steps: list[int] | None = None) -> tuple[int, Any] | None:
-    """(step, restored) of the newest step that restores; each one that fails is reported and set aside."""
+class Damaged(ValueError):
+    """A checkpoint that exists but does not restore; the message names it and what failed."""
+
+
+def _restore_newest(mngr: ocp.CheckpointManager, args: Any, what: str, steps: list[int] | None = None,
+                    repair: bool = False) -> tuple[int, Any] | None:
+    """(step, restored) of the newest step that restores. Each one that fails is reported and, when `repair`
+    (only the trainer, holding the run's lock), set aside; readers leave the folder as it is."""
     for step in sorted(mngr.all_steps() if steps is None else steps, reverse=True):
         try:
             return step, mngr.restore(step, args=args)
         except Exception as e:  # TensorStore, JSON and missing-file errors all mean the same here: damaged
-            if jax.process_index() == 0:
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            if repair and jax.process_index() == 0:
                 moved = set_aside(Path(mngr.directory) / str(step))
-                log.warning("%s %s/%d does not restore (%s: %s); set aside as %s, trying the next older one",
-                            what, Path(mngr.directory), step, type(e).__name__, str(e).splitlines()[0][:200],
-                            moved.name)
-            mngr.reload()
+                log.warning("%s %s/%d does not restore (%s); set aside as %s, trying the next older one",
+                            what, Path(mngr.directory), step, reason, moved.name)
+                mngr.reload()
+            else:
+                log.warning("%s %s/%d does not restore (%s); trying the next older one", what,
+                            Path(mngr.directory), step, reason)
+            if steps is not None and len(steps) == 1:
+                raise Damaged(f"{Path(mngr.directory)}/{step} does not restore ({reason})") from None
     return None
 
 
@@ -65,6 +75,7 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, keep: int = 2, async_save: bool = True, writable: bool = True):
         workdir = Path(workdir).absolute()  # Orbax needs absolute paths
+        self.writable = writable
         self.state = _manager(workdir / STATE, keep, writable, async_save)
         self.best = _manager(workdir / BEST, 1, writable, async_save)
 
@@ -87,7 +98,7 @@ class Checkpoints:
     def restore(self, like: Any) -> tuple[Any, dict[str, Any]] | None:
         """(state, meta) of the newest periodic save that restores, laid out like `like`; None when none does."""
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract(like)), meta=ocp.args.JsonRestore())
-        found = _restore_newest(self.state, args, "checkpoint")
+        found = _restore_newest(self.state, args, "checkpoint", repair=self.writable)
         return None if found is None else (found[1]["state"], found[1]["meta"])
 
     def read_meta(self) -> dict[str, Any] | None:
@@ -114,7 +125,9 @@ def has_checkpoints(workdir: str | Path) -> bool:
 def restore(workdir: str | Path, which: str, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
     """The stored tree (the state for 'latest', the params for 'best') and its meta, laid out like `like`.
 
-    With `step`, exactly that checkpoint; without, the newest that restores. None when there is none.
+    With `step`, exactly that checkpoint (Damaged when it does not restore); without, the newest that restores
+    (a damaged best is Damaged too: it is never silently replaced). None when there is none. Never changes the
+    folder.
     """
     if which not in ("best", "latest"):
         raise ValueError(f"which={which!r}: choose 'best' or 'latest'")
@@ -127,7 +140,8 @@ def restore(workdir: str | Path, which: str, like: Any, step: int | None = None)
         if step is not None and step not in mngr.all_steps():
             raise FileNotFoundError(f"{workdir}: no checkpoint {sub}/{step} (have {sorted(mngr.all_steps())})")
         args = ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract(like)), "meta": ocp.args.JsonRestore()})
-        found = _restore_newest(mngr, args, f"{which} checkpoint", None if step is None else [step])
+        steps = [step] if step is not None else sorted(mngr.all_steps())[-1:] if which == "best" else None
+        found = _restore_newest(mngr, args, f"{which} checkpoint", steps) if steps != [] else None
     finally:
         mngr.close()
     if found is None:

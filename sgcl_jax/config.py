@@ -182,6 +182,12 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, "seed", f"{self.seed}: must be >= 0")
+        _require(all(s >= 0 for s in self.seeds), "seeds", f"{self.seeds}: every seed must be >= 0")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        _require(not repeated, "seeds", f"{self.seeds} repeats {repeated}: give each seed once")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Config:
         """A validated Config from a ConfigDict, its `to_dict()` or a run's config.json."""

@@ -78,6 +78,31 @@ def run_sorted(fn: Callable[..., jax.Array], params: Any, tokenizer: Any, senten
     return result
 
 
+def _check_inputs(sentences: Any, batch_size: int, truncate_dim: int | None, dim: int) -> list[str]:
+    """The sentences as a list, or a one-line error naming the argument."""
+    if isinstance(sentences, str):
+        items = [sentences]
+    elif isinstance(sentences, (list, tuple)) or (hasattr(sentences, "__iter__") and not isinstance(sentences, bytes)
+                                                 and not isinstance(sentences, dict)):
+        items = list(sentences)
+    else:
+        raise ValueError(f"encode: sentences must be a string or a list of strings, got {type(sentences).__name__}")
+    for i, s in enumerate(items):
+        if not isinstance(s, str):
+            raise ValueError(f"encode: sentences[{i}] is a {type(s).__name__}, not a string")
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"encode: sentences[{i}] is not valid Unicode text ({e.reason} at position "
+                             f"{e.start})") from None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"encode: batch_size={batch_size!r}: must be an integer >= 1")
+    if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)
+                                     or not 1 <= truncate_dim <= dim):
+        raise ValueError(f"encode: truncate_dim={truncate_dim!r}: must be in 1..{dim}")
+    return items
+
+
 class SentenceEncoder:
     """A sentence encoder (BERT params + tokenizer), [CLS] of the last layer by default (what SG-BERT uses).
 
@@ -122,7 +147,7 @@ class SentenceEncoder:
         if precision not in ("float32", None):
             raise ValueError(f"precision={precision!r}: only float32 embeddings are available")
         single = isinstance(sentences, str)
-        items = [sentences] if single else list(sentences)
+        items = _check_inputs(sentences, batch_size, truncate_dim, self.config.hidden_size)
         if prompt:
             items = [prompt + s for s in items]
         if items:

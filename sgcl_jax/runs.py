@@ -34,6 +34,7 @@ from sgcl_jax.train_step import create_train_state, make_optimizer
 
 log = logging.getLogger(__name__)
 CONFIG, RESULTS, METRICS, LOCK = "config.json", "results.json", "metrics.jsonl", ".lock"
+IDENTITY = "identity.json"  # the run's identity, written with config.json before anything else of the run
 
 
 class RunError(ValueError):
@@ -75,9 +76,24 @@ def read_config(workdir: str | Path) -> Config:
         raise RunError(f"{path}: {e}") from None
 
 
-def read_results(workdir: str | Path) -> dict[str, Any] | None:
-    """A run's results.json, or None before its final evaluation."""
+def read_results(workdir: str | Path, damaged_ok: bool = False) -> dict[str, Any] | None:
+    """A run's results.json, or None before its final evaluation (and, with damaged_ok, when it does not parse:
+    the trainer then scores the run again from its checkpoints)."""
     path = Path(workdir) / RESULTS
+    if not path.exists():
+        return None
+    try:
+        return read_json(path)
+    except ValueError as e:
+        if not damaged_ok:
+            raise
+        log.warning("%s; the run's checkpoints are intact, so it is scored again", e)
+        return None
+
+
+def read_identity(workdir: str | Path) -> dict[str, Any] | None:
+    """The identity a run folder was created with (identity.json), or None for a folder without one."""
+    path = Path(workdir) / IDENTITY
     return read_json(path) if path.exists() else None
 
 

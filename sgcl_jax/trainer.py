@@ -186,24 +186,34 @@ def train_one(cfg: Config, workdir: Path) -> dict[str, Any]:
                     "data.fingerprint": data.fingerprint(sentences) if shared else "per-process"}
     dev = _dev_set(cfg)
 
+    resuming = _check_resume(workdir, run_identity)  # before the folder changes in any way, lock included
     lock = runs.RunLock(workdir) if proc0 else contextlib.nullcontext()
     with lock, Interrupts() as interrupts:
         return _train_locked(cfg, workdir, guide_model, spec, batches, total, run_identity, dev, mesh, proc0,
-                             interrupts)
+                             interrupts, resuming)
+
+
+def _check_resume(workdir: Path, run_identity: dict[str, Any]) -> bool:
+    """Whether the folder holds this run's checkpoints to resume from; refuses another run's folder, whether or not
+    one of its checkpoints finished (identity.json is written before anything else of a run)."""
+    # One answer for all processes, taken before any of them writes: the first to create checkpoints/ would
+    # otherwise make a slower one take the resume path alone, and Orbax's collective calls would not match.
+    has_run = sharding.max_over_processes(int(runs.is_run(workdir) or (workdir / checkpointing.BEST).is_dir()))
+    meta = checkpointing.Checkpoints(workdir, writable=False).read_meta() if runs.is_run(workdir) else None
+    saved = runs.read_identity(workdir) or (meta or {}).get("identity")
+    if saved is not None:
+        runs.check_identity(workdir, saved, run_identity)
+    elif has_run:
+        raise runs.RunError(f"{workdir}: holds checkpoints of a run whose identity cannot be read (no "
+                            f"{runs.IDENTITY}, no readable checkpoint metadata); use a new --workdir")
+    return bool(sharding.max_over_processes(int(meta is not None)))
 
 
 def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec, batches: data.Batches, total: int,
                   run_identity: dict[str, Any], dev: sts.Subset | None, mesh: Any, proc0: bool,
-                  interrupts: Interrupts) -> dict[str, Any]:
-    # -- resume check: a run folder with checkpoints continues only the same run
-    meta = None
-    # One answer for all processes, taken before any of them writes: the first to create checkpoints/ would
-    # otherwise make a slower one take the resume path alone, and Orbax's collective calls would not match.
-    if sharding.max_over_processes(int(runs.is_run(workdir))):
-        meta = checkpointing.Checkpoints(workdir, writable=False).read_meta()
-        if meta is not None:
-            runs.check_identity(workdir, meta.get("identity"), run_identity)
+                  interrupts: Interrupts, resuming: bool) -> dict[str, Any]:
     if proc0:
+        write_json(run_identity, workdir / runs.IDENTITY)
         write_json({**cfg.to_dict()}, workdir / runs.CONFIG)
 
     # -- state: fresh, or the newest checkpoint that restores
@@ -214,13 +224,15 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
     state = jax.jit(lambda g: create_train_state(spec, g, tx, cfg.seed), out_shardings=state_sh)(guide)
     ckpt = checkpointing.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
     run = RunState()
-    if meta is not None:
-        restored = ckpt.restore(state)
-        if restored is not None:
-            state, meta = restored
-            run = RunState.from_json(meta["run"])
-            log.info("resumed from step %d (epoch %d, sentence %d)", run.step, *batches.position(run.step))
-    records = Records(workdir, proc0, run.step)
+    restored = ckpt.restore(state) if resuming else None
+    if restored is not None:
+        state, meta = restored
+        run = RunState.from_json(meta["run"])
+        log.info("resumed from step %d (epoch %d, sentence %d)", run.step, *batches.position(run.step))
+    # Best checkpoints past the resumed step belong to a future this run will recompute (bitwise the same).
+    for stale in [s for s in ckpt.best.all_steps() if s > run.step]:
+        ckpt.best.delete(stale)
+    records = Records(workdir, proc0, run.step if restored is not None else -1)
 
     def sentence_encoder(trainable: Any, label: str = "") -> SentenceEncoder:
         """BERT_T (the guide's frozen embeddings + these layers) as this host's evaluation encoder."""
@@ -311,8 +323,13 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
     elif run.best_step == 0:
         best, label = None, "step 0: the untrained model scored best on dev"
     else:
-        restored = checkpointing.restore(workdir, "best", state.params, run.best_step)
-        best, label = restored[0], restored[1]["checkpoint"]
+        try:
+            restored = checkpointing.restore(workdir, "best", state.params, run.best_step)
+            best, label = restored[0], restored[1]["checkpoint"]
+        except (checkpointing.Damaged, FileNotFoundError) as e:
+            # The training is intact: score the last state and say that the best one is lost.
+            log.warning("the best checkpoint is lost (%s): scoring the last state, step %d, instead", e, step)
+            best, label = state.params, f"step {step}: the best checkpoint best/{run.best_step} is lost ({e})"
     results = score(best, f"best on dev, {label}")
     results["training"] = {"seed": cfg.seed, "best_step": run.best_step, "best_score": run.best_score,
                            "stopped": run.stopped, "step": step, "total_steps": total}
@@ -405,7 +422,7 @@ def _std(values: list[float]) -> float:
 def finished_results(cfg: Config, workdir: Path) -> dict[str, Any] | None:
     """A finished run's results when its folder holds this very run (same identity), else None; a folder
     holding a different run is refused."""
-    results = runs.read_results(workdir)
+    results = runs.read_results(workdir, damaged_ok=True)
     if results is None:
         return None
     saved = identity(runs.read_config(workdir))

@@ -183,3 +183,144 @@ def test_7_input_errors_name_the_file_line_or_field(tmp_path, tiny_config, write
 def test_checkpoint_restore_by_step_reports_what_exists(finished):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint checkpoints/9999 \(have \[2, 4\]\)"):
         checkpointing.restore(finished, "latest", None, 9999)
+
+
+# ------------------------------------------------------------------------------------------ never mixed, never
+# mislabelled (issue 23) and faults in the wild (issue 22), each on a fresh copy of a tiny run
+
+
+def _copy(finished, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def _add_best(run, step=4):
+    """A best-on-dev checkpoint at `step`, written as the trainer writes one (the tiny model rarely beats step 0)."""
+    restored = checkpointing.restore(run, "latest", None, step)
+    ckpt = checkpointing.Checkpoints(run)
+    ckpt.save_best(step, restored[0]["params"], {"step": step, "dev_score": 50.0, "identity": restored[1]["identity"]})
+    ckpt.close()
+
+
+def _damage(folder):
+    victim = max((p for p in folder.rglob("*") if p.is_file() and "d" in p.parent.name), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+
+
+def test_identity_is_written_first_and_another_run_is_never_adopted(finished, tmp_path, tiny_config):
+    run = _copy(finished, tmp_path)
+    assert json.loads((run / runs.IDENTITY).read_text())["objective.name"] == "sg_opt"
+    # Killed before any checkpoint finished: nothing under checkpoints/, a best/ of the first run.
+    for p in (run / "checkpoints").iterdir():
+        import shutil
+
+        shutil.rmtree(p)
+    (run / "results.json").unlink()
+    before = snapshot(run)
+    with pytest.raises(runs.RunError, match=r"refusing to resume.*objective\.name: 'sg_opt' -> 'opt1'"):
+        train_and_evaluate(tiny_config(**SHORT, **{"objective.name": "opt1"}), run)
+    assert snapshot(run) == before
+    # A folder of an older release (no identity.json) whose checkpoint metadata is damaged: refused too.
+    (run / runs.IDENTITY).unlink()
+    (run / "checkpoints" / "4").mkdir()
+    (run / "checkpoints" / "4" / "junk").write_text("x")
+    before = snapshot(run)
+    with pytest.raises(runs.RunError, match="identity cannot be read"):
+        train_and_evaluate(tiny_config(**SHORT), run)
+    assert snapshot(run) == before
+
+
+def test_a_restart_before_the_first_checkpoint_logs_each_step_once(finished, tmp_path, tiny_config):
+    run = _copy(finished, tmp_path)
+    import shutil
+
+    for p in (run / "checkpoints").iterdir():
+        shutil.rmtree(p)
+    (run / "results.json").unlink()
+    train_and_evaluate(tiny_config(**SHORT), run)
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (finished / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [r["step"] for r in rows] and steps.count(0) == 1
+
+
+def test_a_refused_resume_leaves_lock_and_temporary_folders(finished, tmp_path, tiny_config):
+    run = _copy(finished, tmp_path)
+    (run / ".lock").write_text(json.dumps({"pid": 999999, "host": "elsewhere", "since": "yesterday"}))
+    (run / "checkpoints" / "6.orbax-checkpoint-tmp-1").mkdir()
+    (run / "checkpoints" / "6.orbax-checkpoint-tmp-1" / "part").write_text("x")
+    (run / "results.json").unlink()
+    before = snapshot(run)
+    with pytest.raises(runs.RunError, match="refusing to resume"):
+        train_and_evaluate(tiny_config(**SHORT, **{"model.head_dim": 32}), run)
+    assert snapshot(run) == before and (run / ".lock").exists()
+
+
+def test_a_damaged_best_is_refused_by_readers_and_nothing_is_renamed(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    _add_best(run)
+    _damage(run / "best" / "4")
+    before = snapshot(run)
+    with pytest.raises(checkpointing.Damaged, match=r"best/4 does not restore"):
+        sgcl_jax.load_encoder(str(run))
+    assert evaluate.main(["--model", str(run), "--tasks", "STSB"]) != 0
+    assert snapshot(run) == before  # read-only: no rename, no delete
+    # The last state is there when asked for, named as what it is.
+    enc = sgcl_jax.load_encoder(str(run), which="latest")
+    assert "checkpoints/4" in enc.source
+    _damage(run / "checkpoints" / "4")
+    before = snapshot(run)
+    enc = sgcl_jax.load_encoder(str(run), which="latest")  # the newest is damaged: the older one, by name
+    assert "checkpoints/2" in enc.source and snapshot(run) == before
+
+
+def test_a_damaged_best_in_an_unfinished_run_still_finishes(finished, tmp_path, tiny_config, caplog):
+    run = _copy(finished, tmp_path)
+    _add_best(run, 2)
+    _damage(run / "best" / "2")
+    (run / "results.json").unlink()
+    meta = checkpointing.Checkpoints(run, writable=False).read_meta()
+    meta_best = meta["run"]["best_step"]
+    cfg = tiny_config(**SHORT)
+    # The run's own record says best step 2 (as it would, had step 2 beaten step 0).
+    state_dir = run / "checkpoints" / "4" / "meta" / "metadata"
+    raw = json.loads(state_dir.read_text())
+    raw["run"]["best_step"], raw["run"]["best_score"] = 2, 99.0
+    state_dir.write_text(json.dumps(raw))
+    with caplog.at_level(logging.WARNING):
+        res = train_and_evaluate(cfg, run)
+    assert "the best checkpoint is lost" in caplog.text
+    assert "best/2 is lost" in res["protocol"]["model"] and (run / "results.json").exists()
+    assert meta_best in (0, 2, 4)
+
+
+def test_damaged_results_json_is_scored_again(finished, tmp_path, tiny_config):
+    run = _copy(finished, tmp_path)
+    good = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text('{"tasks": {"STSB"')
+    res = train_and_evaluate(tiny_config(**SHORT), run)
+    assert res["tasks"]["STSB"]["score"] == pytest.approx(good["tasks"]["STSB"]["score"], abs=1e-6)
+    assert json.loads((run / "results.json").read_text())["tasks"] == res["tasks"]
+
+
+def test_seeds_are_validated(tiny_config):
+    from sgcl_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config: seed: -1: must be >= 0"):
+        tiny_config(seed=-1)
+    with pytest.raises(ConfigError, match=r"config: seeds: \(1, 1\) repeats \[1\]"):
+        tiny_config(seeds=(1, 1))
+
+
+def test_encode_refuses_bad_input_naming_the_argument(finished):
+    enc = sgcl_jax.load_encoder(str(finished))
+    for kwargs, message in [({"sentences": None}, "sentences must be a string or a list of strings"),
+                            ({"sentences": ["ok", "\ud800"]}, r"sentences\[1\] is not valid Unicode"),
+                            ({"sentences": ["ok", 3]}, r"sentences\[1\] is a int"),
+                            ({"sentences": ["a"], "batch_size": 0}, "batch_size=0: must be an integer >= 1"),
+                            ({"sentences": ["a"], "batch_size": -1}, "batch_size=-1"),
+                            ({"sentences": ["a"], "truncate_dim": -5}, r"truncate_dim=-5: must be in 1\.\.32"),
+                            ({"sentences": ["a"], "truncate_dim": 33}, "truncate_dim=33")]:
+        with pytest.raises(ValueError, match=message):
+            enc.encode(**kwargs)
+    assert enc.encode(["a", "b"], truncate_dim=5).shape == (2, 5)
