@@ -154,16 +154,40 @@ def topology_devices(target: Target, num_slices: int = 1) -> list[Any]:
     return list(topo.devices)
 
 
+# XLA's GPU target description (stream_executor.GpuTargetConfigProto) of the GPUs that `aot` can compile for
+# without one attached: the datasheet facts the compiler plans with (SMs, memory, bandwidth, compute capability).
+_GPU_SPECS = {"h200-1": {"name": "NVIDIA H200", "memory": 141 * 10**9, "bandwidth": 4_800_000_000_000},
+              "h100-1": {"name": "NVIDIA H100 80GB HBM3", "memory": 80 * 10**9, "bandwidth": 3_350_000_000_000}}
+
+
+def gpu_target_config(name: str) -> str:
+    """The GpuTargetConfigProto text of a Hopper GPU (132 SMs, compute capability 9.0)."""
+    spec = _GPU_SPECS[name]
+    return f"""gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: {spec["bandwidth"]} l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: {spec["memory"]} shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 minor: 0 }} registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 8 patch: 0 }}
+device_description_str: "{spec["name"]}"
+"""
+
+
 def gpu_topology(target: Target) -> Any:
-    """One GPU through JAX's CUDA plugin and XLA's GPU target config (jax's tests/aot_test.py does the same)."""
+    """One GPU through JAX's CUDA plugin and an XLA GPU target config (as jax's tests/aot_test.py does)."""
     from jax.experimental import topologies
 
     try:
         import jax_plugins.xla_cuda12  # noqa: F401
     except ImportError as e:
-        raise RuntimeError(f"--topology {target.name}: needs JAX's CUDA plugin (pip install 'jax[cuda12]'), which "
-                           "this machine does not have") from e
-    return topologies.get_topology_desc(platform="cuda", topology_name=target.topology)
+        raise RuntimeError(f"--topology {target.name}: needs JAX's CUDA plugin (pip install "
+                           "'jax-cuda12-plugin[with-cuda]'), not installed here") from e
+    return topologies.get_topology_desc(platform="cuda", topology="1x1x1",
+                                        target_config=gpu_target_config(target.name))
 
 
 def versions() -> dict[str, str]:
@@ -282,8 +306,9 @@ def memory(compiled: Any, chip: Chip) -> dict[str, Any]:
 def cost(compiled: Any) -> dict[str, float]:
     """Per-device FLOPs and bytes accessed from cost_analysis()."""
     c = compiled.cost_analysis()
-    c = c[0] if isinstance(c, (list, tuple)) else c
-    return {"flops": float(c.get("flops", 0.0)), "bytes_accessed": float(c.get("bytes accessed", 0.0))}
+    c = (c[0] if isinstance(c, (list, tuple)) else c) or {}  # the GPU compiler gives none
+    return {"flops": float(c["flops"]) if "flops" in c else None,
+            "bytes_accessed": float(c["bytes accessed"]) if "bytes accessed" in c else None}
 
 
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
@@ -404,7 +429,7 @@ def roofline(flops: float, bytes_accessed: float, rows: list[dict[str, Any]], ch
     """Lower bounds on the step time (compute at peak bf16, HBM at its bandwidth, collectives at the ICI/DCN
     bandwidth, all optimistic), their maximum, and the sentences/s and MFU ceilings it implies."""
     compute = flops / (chip.peak_bf16_tflops * 1e12)
-    hbm = bytes_accessed / (chip.hbm_gbps * 1e9)
+    hbm = bytes_accessed / (chip.hbm_gbps * 1e9) if bytes_accessed is not None else 0.0
     ici = sum(_ring_bytes(r) for r in rows if not r["crosses_slices"]) / (chip.ici_gbps * 1e9)
     across = sum(_ring_bytes(r) for r in rows if r["crosses_slices"])
     dcn = across / (chip.dcn_gbps * 1e9) if across and chip.dcn_gbps else None
@@ -444,9 +469,11 @@ def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int, enc
     feature = p.spec.head_dim if p.spec.head else p.spec.bert.hidden_size
     analytic = step_flops(p.spec.bert, per_device_batch, p.length, views, feature, negatives=p.global_batch)
     c = cost(compiled)
+    if c["flops"] is None:  # no compiler count (GPU): the roofline runs on the analytic count
+        c["flops_source"] = "analytic (the compiler gives no cost analysis for this target)"
     rows = collectives(compiled.as_text(), list(p.mesh.devices.flat), p.global_batch, feature)
     state = args["state"]
-    ratio = c["flops"] / analytic if analytic else None
+    ratio = c["flops"] / analytic if analytic and c["flops"] is not None else None
     out = {
         "label": "compiled, not run",
         "target": {"topology": target.name, "jax_topology": target.topology, "platform": target.platform,
@@ -465,7 +492,8 @@ def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int, enc
                  "warning": None if ratio is None or 0.75 <= ratio <= 1.25 else
                  f"the compiler counts {ratio:.2f}x the analytic FLOPs (remat recomputes, a scan is counted once)"},
         "collectives": {"ops": rows, "by_opcode": summarise_collectives(rows)},
-        "roofline": roofline(c["flops"], c["bytes_accessed"], rows, chip, analytic, p.global_batch),
+        "roofline": roofline(c["flops"] if c["flops"] is not None else analytic, c["bytes_accessed"], rows, chip,
+                             analytic, p.global_batch),
         "compile_seconds": seconds,
     }
     if p.layout.fsdp:  # the same step with replicated params, for comparison
@@ -567,8 +595,11 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append("  the same step with replicated params: " + (
             f"{_gib(rep['total_bytes'])} ({'fits' if rep['fits'] else 'does not fit'})" if "total_bytes" in rep
             else f"does not fit ({rep['compiler']})"))
-    lines.append(f"per device: {cst['flops'] / 1e12:.3f} TFLOP (analytic {cst['analytic_flops'] / 1e12:.3f}, ratio "
-                 f"{cst['ratio']:.2f}), {cst['bytes_accessed'] / GiB:.2f} GiB accessed")
+    if cst["flops"] is None:
+        lines.append(f"per device: analytic {cst['analytic_flops'] / 1e12:.3f} TFLOP; {cst['flops_source']}")
+    else:
+        lines.append(f"per device: {cst['flops'] / 1e12:.3f} TFLOP (analytic {cst['analytic_flops'] / 1e12:.3f}, "
+                     f"ratio {cst['ratio']:.2f}), {cst['bytes_accessed'] / GiB:.2f} GiB accessed")
     if cst["warning"]:
         lines.append(f"  warning: {cst['warning']}")
     lines.append("collectives per step (bytes per device):")
@@ -591,7 +622,8 @@ def format_report(r: dict[str, Any]) -> str:
     enc = r.get("encoder")
     if enc:
         lines.append(f"evaluation encoder, batch {enc['batch']}: " + (
-            f"{_gib(enc['memory']['total_bytes'])} per device, {enc['cost']['flops'] / 1e9:.1f} GFLOP"
+            f"{_gib(enc['memory']['total_bytes'])} per device" + (
+                f", {enc['cost']['flops'] / 1e9:.1f} GFLOP" if enc["cost"]["flops"] is not None else "")
             if "memory" in enc else f"does not fit ({enc['does_not_fit']})"))
     lines.append(f"compiled in {r['compile_seconds']:.1f} s on this host; compiled, not run: a bound, not a "
                  "measurement")
