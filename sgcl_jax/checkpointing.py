@@ -11,8 +11,11 @@ save; temporary folders left by a kill are removed when the folder is next opene
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,15 @@ def _restore_newest(mngr: ocp.CheckpointManager, args: Any, what: str, steps: li
     return None
 
 
+class SaveFailed(OSError):
+    """A checkpoint save that did not complete (a full disk, most often); the message names what was kept."""
+
+
+def _no_space(e: BaseException) -> bool:
+    text = str(e)
+    return getattr(e, "errno", None) == 28 or "No space left" in text or "RESOURCE_EXHAUSTED" in text
+
+
 class Checkpoints:
     """A run folder's two Orbax CheckpointManagers: periodic state (the newest `keep`) and best params (1)."""
 
@@ -79,17 +91,42 @@ class Checkpoints:
         self.state = _manager(workdir / STATE, keep, writable, async_save)
         self.best = _manager(workdir / BEST, 1, writable, async_save)
 
+    @contextlib.contextmanager
+    def _saving(self) -> Iterator[None]:
+        """Turns a failed save (reported by Orbax at this call or, for an async save, at a later one) into one line
+        naming the folder and what was kept; the failed save's temporary folder is removed."""
+        try:
+            yield
+        except SaveFailed:
+            raise
+        except Exception as e:
+            folder = Path(self.state.directory)
+            for parent in (folder, Path(self.best.directory)):
+                for tmp in parent.glob("*.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+            kept = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+            reason = ("no space left on device" if _no_space(e) else
+                      f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            raise SaveFailed(
+                f"{folder}: a checkpoint save failed ({reason}). Kept: "
+                + (f"checkpoints {kept}, the newest complete being {folder}/{kept[-1]}" if kept else
+                   "no checkpoint yet")
+                + "; the run folder's other files are unchanged. Free space (or fix the disk) and run the same command "
+                "again to resume.") from None
+
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves the full train state and its metadata at `step` (asynchronously)."""
-        self.state.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                      meta=ocp.args.JsonSave(meta)), force=True)
+        with self._saving():
+            self.state.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                          meta=ocp.args.JsonSave(meta)), force=True)
 
     def save_best(self, step: int, params: Any, meta: dict[str, Any]) -> None:
         """Replaces the best checkpoint with these trainable params."""
-        if step in self.best.all_steps():  # a resumed run reaching the same step again: replace it
-            self.best.delete(step)
-        self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                     meta=ocp.args.JsonSave(meta)), force=True)
+        with self._saving():
+            if step in self.best.all_steps():  # a resumed run reaching the same step again: replace it
+                self.best.delete(step)
+            self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                         meta=ocp.args.JsonSave(meta)), force=True)
 
     def latest_step(self) -> int | None:
         """The step of the newest complete periodic save."""
@@ -108,13 +145,15 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Blocks until pending async saves are on disk."""
-        self.state.wait_until_finished()
-        self.best.wait_until_finished()
+        with self._saving():
+            self.state.wait_until_finished()
+            self.best.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves and releases the managers."""
-        self.state.close()
-        self.best.close()
+        with self._saving():
+            self.state.close()
+            self.best.close()
 
 
 def has_checkpoints(workdir: str | Path) -> bool:

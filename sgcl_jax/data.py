@@ -5,6 +5,7 @@ The batch of step t is a pure function of (seed, t): resuming at step t needs no
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import logging
@@ -32,6 +33,12 @@ def read_text_file(path: str | Path) -> tuple[list[str], int]:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: not a readable gzip file ({type(e).__name__}: {e or 'truncated'})") from None
+    raw = _decode_bom(path, raw)
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line = raw[:nul].count(b"\n") + 1
+        raise ValueError(f"{path}: not text: NUL bytes at line {line} (a binary file, or text in an encoding "
+                         "without a byte-order mark, such as UTF-16; save it as UTF-8)")
     sentences, bad = [], 0
     for i, line in enumerate(raw.split(b"\n"), start=1):
         try:
@@ -50,6 +57,24 @@ def read_text_file(path: str | Path) -> tuple[list[str], int]:
     if not sentences:
         raise ValueError(f"{path}: no training sentences (the file is empty or blank)")
     return sentences, bad
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))  # UTF-32 LE starts like UTF-16 LE
+
+
+def _decode_bom(path: Path, raw: bytes) -> bytes:
+    """Text with a byte-order mark (UTF-8-sig, UTF-16, UTF-32) as UTF-8 bytes; other bytes as they are."""
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            try:
+                text = raw[len(bom):].decode(encoding)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: starts with a {encoding} byte-order mark but is not {encoding} text "
+                                 f"(byte {e.start + len(bom)})") from None
+            log.info("%s: %s text (byte-order mark), decoded", path, encoding)
+            return text.replace("\r\n", "\n").encode("utf-8")
+    return raw
 
 
 def read_tfds(name: str, split: str, feature: str, data_dir: str | None = None, limit: int = 0) -> list[str]:

@@ -24,10 +24,15 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Writes JSON through a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(obj, indent=2))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = f"; {path.name} as it was is kept" if path.exists() else ""
+        raise OSError(e.errno, f"{path}: cannot write ({e.strerror or e}){kept}") from None
 
 
 def current_umask() -> int:

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import gzip
 import io
+import logging
 import os
 import urllib.request
 import zipfile
@@ -40,6 +41,8 @@ SOURCES = {
     "SICKR": [f"https://raw.githubusercontent.com/alvations/stasis/master/SICK-data/SICK_{s}.txt"
               for s in ("train", "trial", "test_annotated")],
 }
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -238,7 +241,20 @@ def read_sts_folder(folder: Path) -> list[Subset]:
         subsets.append(read_pair_files(inp, gs, name[: -len(".txt")]))
     if not subsets:
         raise MissingData(f"{folder}: no STS.input.<name>.txt files")
-    return subsets
+    return scored(subsets, folder)
+
+
+def scored(subsets: list[Subset], folder: Path) -> list[Subset]:
+    """The subsets that have scored pairs; one without any is skipped with a warning, and a task without any
+    scored pair is an error (it is never reported as a score)."""
+    kept = [s for s in subsets if len(s.gold)]
+    for s in subsets:
+        if not len(s.gold):
+            log.warning("%s: subset %s has no scored pairs (every gold line is blank); skipped", folder, s.name)
+    if not kept:
+        raise ValueError(f"{folder}: no scored pairs: every gold line of {', '.join(s.name for s in subsets)} is "
+                         "blank")
+    return kept
 
 
 def read_folder(task: str, folder: Path) -> list[Subset]:
@@ -247,7 +263,7 @@ def read_folder(task: str, folder: Path) -> list[Subset]:
         return [read_stsb(folder)]
     if task == "SICKR":
         return [read_sick(folder)]
-    return [read_semeval_subset(folder, task, s) for s in SUBSETS[task]]
+    return scored([read_semeval_subset(folder, task, s) for s in SUBSETS[task]], folder)
 
 
 def stsb_sentences(data_dir: str | os.PathLike | None = None) -> list[str]:
