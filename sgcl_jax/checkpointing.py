@@ -55,10 +55,22 @@ def _restore_newest(mngr: ocp.CheckpointManager, args: Any, what: str, steps: li
                     repair: bool = False) -> tuple[int, Any] | None:
     """(step, restored) of the newest step that restores. Each one that fails is reported and, when `repair`
     (only the trainer, holding the run's lock), set aside; readers leave the folder as it is."""
-    for step in sorted(mngr.all_steps() if steps is None else steps, reverse=True):
+    tried: set[int] = set()
+    while True:
+        todo = [s for s in sorted(mngr.all_steps() if steps is None else steps, reverse=True) if s not in tried]
+        if not todo:
+            return None
+        step = todo[0]
+        tried.add(step)
         try:
             return step, mngr.restore(step, args=args)
         except Exception as e:  # TensorStore, JSON and missing-file errors all mean the same here: damaged
+            if steps is None and not (Path(mngr.directory) / str(step)).exists():
+                # A trainer rotated it away while we read: look again (its newer saves are complete ones).
+                log.info("%s %s/%d was removed while being read; reading the newest again", what,
+                         Path(mngr.directory), step)
+                mngr.reload()
+                continue
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             if repair and jax.process_index() == 0:
                 moved = set_aside(Path(mngr.directory) / str(step))
@@ -70,7 +82,6 @@ def _restore_newest(mngr: ocp.CheckpointManager, args: Any, what: str, steps: li
                             Path(mngr.directory), step, reason)
             if steps is not None and len(steps) == 1:
                 raise Damaged(f"{Path(mngr.directory)}/{step} does not restore ({reason})") from None
-    return None
 
 
 class SaveFailed(OSError):
