@@ -347,7 +347,8 @@ def _groups(line: str, n: int) -> np.ndarray:
 _DCN = re.compile(r"=\s*(?P<type>\(.+?\))\s+send\(.*_xla_megascale_transfer_type=\"(?P<kind>\w+)\"")
 
 
-def collectives(hlo: str, devices: list[Any], global_batch: int, feature: int) -> list[dict[str, Any]]:
+def collectives(hlo: str, devices: list[Any], global_batch: int, feature: int,
+                param_shapes: frozenset[tuple[int, ...]] = frozenset()) -> list[dict[str, Any]]:
     """Every collective of the compiled program (async start/done counted once): opcode, bytes per step (the
     result's size per device), group size, and whether it crosses slices. Between slices the compiler splits a
     collective into ICI collectives inside each slice and host transfers over the data-center network (Megascale
@@ -379,17 +380,21 @@ def collectives(hlo: str, devices: list[Any], global_batch: int, feature: int) -
                "shapes": [f"{dt}[{','.join(map(str, s))}]" for dt, s in arrays],
                "group_size": int(groups.shape[1]) if groups.ndim == 2 else 1, "groups": int(groups.shape[0]),
                "crosses_slices": bool(dcn)}
-        row["role"] = _role(row["op"], arrays, global_batch, feature)
+        row["role"] = _role(row["op"], arrays, global_batch, feature, param_shapes)
         out.append(row)
     return out
 
 
-def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int, feature: int) -> str:
+def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int, feature: int,
+          param_shapes: frozenset[tuple[int, ...]] = frozenset()) -> str:
     """What a collective is for, from its shapes: the global batch's vectors, per-sentence loss statistics, or
     (everything else) the parameters' gradients or, under FSDP, the parameters themselves."""
     def rows(shape: tuple[int, ...]) -> int:
         return math.prod(shape[:-1]) if shape else 0
 
+    if arrays and any(s in param_shapes for _, s in arrays):  # a weight's shape (the head's 4096 x 4096 too)
+        return "parameters: gathering sharded weights (FSDP)" if op in ("all-gather", "collective-permute") \
+            else "gradients: reduction over the data axis"
     if arrays and all(s[-1:] == (feature,) and rows(s) and rows(s) % global_batch == 0 for _, s in arrays):
         return "negatives: the global batch's projected vectors (or their gradient)"
     if arrays and all(global_batch in s and math.prod(s) <= 64 * global_batch for _, s in arrays):
@@ -471,7 +476,8 @@ def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int, enc
     c = cost(compiled)
     if c["flops"] is None:  # no compiler count (GPU): the roofline runs on the analytic count
         c["flops_source"] = "analytic (the compiler gives no cost analysis for this target)"
-    rows = collectives(compiled.as_text(), list(p.mesh.devices.flat), p.global_batch, feature)
+    shapes = frozenset(tuple(x.shape) for x in jax.tree.leaves((args["state"].params, args["guide"])))
+    rows = collectives(compiled.as_text(), list(p.mesh.devices.flat), p.global_batch, feature, shapes)
     state = args["state"]
     ratio = c["flops"] / analytic if analytic and c["flops"] is not None else None
     out = {
