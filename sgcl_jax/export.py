@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from sgcl_jax.files import staged_dir
 from sgcl_jax.pretrained import BUNDLED, Pretrained, load_pretrained, pooler_for_export, state_dict_from_params
 from sgcl_jax.runs import RunError, is_run, load_run, resolve_checkpoint
 
+log = logging.getLogger(__name__)
 FORMATS = ("hf", "sentence-transformers", "both")
 TOLERANCE = 1e-4
 MARKER = ".sgcl_export.json"
@@ -224,7 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_run(src):
             run = load_run(args.checkpoint, args.which)
             pretrained, encoder = run.guide, run.encoder(max_length=args.max_length)
-            config, results = run.config.to_dict(), run.results
+            config, results = run.config.to_dict(), run.scores()  # only scores of exactly these weights
+            if results is None:
+                log.warning("%s: results.json holds no score of %s; the card carries none", run.workdir,
+                            run.meta.get("checkpoint"))
             base_model, source = base_model_id(run.config.model.name), run.workdir
         else:
             if src.is_dir() and not (src / "config.json").exists():

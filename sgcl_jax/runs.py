@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -133,6 +134,22 @@ class Run:
     def results(self) -> dict[str, Any] | None:
         """The run's results.json, if written."""
         return read_results(self.workdir)
+
+    def scores(self) -> dict[str, Any] | None:
+        """The run's scores computed on exactly the loaded checkpoint (results.json's best-on-dev entry, or its
+        "last" entry), or None when results.json holds no score of these weights."""
+        results, checkpoint = self.results, str(self.meta.get("checkpoint", ""))
+        if not results or not checkpoint:
+            return None
+        model = str(results.get("protocol", {}).get("model", ""))
+        if (checkpoint.startswith("step 0") and "step 0" in model) or re.search(
+                rf"\b{re.escape(checkpoint)}\b", model):
+            return results
+        last = results.get("last")
+        if last and checkpoint == f"{checkpointing.STATE}/{last['step']}":
+            return {**results, "tasks": last["tasks"], "average": last["average"],
+                    "protocol": {**results["protocol"], "model": f"{self.workdir} (last, {checkpoint})"}}
+        return None
 
     def encoder(self, **overrides: Any) -> SentenceEncoder:
         """The trained BERT_T as a SentenceEncoder with the run's max length, eval dtype and pooling."""

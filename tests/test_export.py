@@ -136,3 +136,23 @@ def test_export_one_checkpoint_folder(trained, tmp_path):
     assert np.abs(sgcl_jax.load_encoder(str(out), max_length=24).encode(SENTENCES) - from_run).max() <= 1e-5
     latest = max((p for p in (trained / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     assert sgcl_jax.load_encoder(str(latest)).encode(SENTENCES).shape == (5, 32)
+
+
+def test_the_card_carries_the_score_of_the_exported_checkpoint(trained, tmp_path):
+    results = json.loads((trained / "results.json").read_text())
+    best, last = results["tasks"]["STSB"]["score"], results["last"]["tasks"]["STSB"]["score"]
+    assert best != last  # the fixture's best-on-dev step is not its last one
+    for which, expected in (("best", best), ("latest", last)):
+        out = tmp_path / which
+        assert export.main(["--checkpoint", str(trained), "--out", str(out), "--which", which, "--format", "hf"]) == 0
+        card = (out / "README.md").read_text()
+        assert f"| STSB | {expected:.2f} |" in card, (which, card[-1500:])
+        other = last if which == "best" else best
+        assert f"| STSB | {other:.2f} |" not in card
+    # One checkpoint folder that results.json did not score: the card carries no score.
+    latest = sorted(int(p.name) for p in (trained / "checkpoints").iterdir() if p.name.isdigit())
+    if len(latest) > 1:
+        out = tmp_path / "older"
+        assert export.main(["--checkpoint", str(trained / "checkpoints" / str(latest[0])), "--out", str(out),
+                            "--format", "hf"]) == 0
+        assert "| STSB |" not in (out / "README.md").read_text()
