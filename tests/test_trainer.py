@@ -98,18 +98,16 @@ def test_nan_dev_score_is_never_best():
 
 
 def final_state(workdir):
-    """(step, restored state) of a run folder's newest checkpoint, on this process's first device (the run may
-    have been saved by several processes)."""
-    import orbax.checkpoint as ocp
+    """(step, {"state": restored state}) of a run folder's newest checkpoint, on this process's first device (the
+    run may have been saved by several processes)."""
+    from sgcl_jax import checkpointing, runs
+    from sgcl_jax.model import ModelSpec, load_guide
 
-    ckpt = Checkpoints(workdir, writable=False)
-    step = ckpt.latest_step()
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-                          ckpt.state.item_metadata(step)["state"])
-    out = ckpt.state.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    ckpt.close()
-    return step, out
+    cfg = runs.read_config(workdir)
+    guide = load_guide(cfg.model)
+    target = runs.abstract_state(ModelSpec.from_config(cfg, guide.config), cfg, guide.params)
+    state, meta = checkpointing.restore(workdir, "latest", target)
+    return int(meta["checkpoint"].split("/")[-1]), {"state": state}
 
 
 def assert_same_run(straight, resumed, steps=30):
