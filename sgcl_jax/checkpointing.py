@@ -42,9 +42,16 @@ def set_aside(path: Path) -> Path:
 def _manager(folder: Path, keep: int, writable: bool, async_save: bool = True) -> ocp.CheckpointManager:
     # A reading manager never saves, so its preservation policy never deletes; Orbax's read_only mode is not
     # used because it warns on every open.
-    return ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=writable,
-        cleanup_tmp_directories=writable, enable_async_checkpointing=async_save))
+    options = ocp.CheckpointManagerOptions(preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=writable,
+                                           cleanup_tmp_directories=writable, enable_async_checkpointing=async_save)
+    for attempt in range(10):
+        try:
+            return ocp.CheckpointManager(folder, options=options)
+        except FileNotFoundError:  # a trainer rotated a step away while the manager listed it: list again
+            if writable or attempt == 9:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Damaged(ValueError):
@@ -69,7 +76,8 @@ def _restore_newest(mngr: ocp.CheckpointManager, args: Any, what: str, steps: li
                 # A trainer rotated it away while we read: look again (its newer saves are complete ones).
                 log.info("%s %s/%d was removed while being read; reading the newest again", what,
                          Path(mngr.directory), step)
-                mngr.reload()
+                with contextlib.suppress(FileNotFoundError):  # the listing itself may race the next rotation
+                    mngr.reload()
                 continue
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             if repair and jax.process_index() == 0:
