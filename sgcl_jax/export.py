@@ -246,6 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # safetensors' own error type for a full disk; anything else is a bug: traceback
+        if args.verbose or "No space left" not in str(e):
+            raise
+        print(f"error: {args.out}: no space left on device while writing the export; nothing was written there "
+              "(the staging folder is removed) and the source is untouched", file=sys.stderr)
+        return 1
     print(f"exported to {args.out} ({args.format}); verified in PyTorch, max abs diff of [CLS]: {diffs}")
     return 0
 

@@ -121,3 +121,19 @@ def test_readers_see_a_complete_checkpoint_while_the_trainer_rotates(tmp_path, t
         proc.kill()
         proc.wait()
     assert not list((run / "checkpoints").glob("*.damaged-*"))  # readers renamed nothing
+
+
+@pytest.mark.slow
+def test_export_onto_a_full_disk_is_one_line(tmp_path, capsys):
+    from sgcl_jax import export
+
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "8m"):  # all-MiniLM-L6-v2's weights alone are 90 MB
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        assert export.main(["--checkpoint", "minilm", "--out", str(disk / "out"), "--format", "hf"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"error: {disk / 'out'}") and "no space left on device" in err.lower(), err
+        assert not list(disk.iterdir())  # nothing half-written
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
