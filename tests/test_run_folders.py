@@ -324,3 +324,14 @@ def test_encode_refuses_bad_input_naming_the_argument(finished):
         with pytest.raises(ValueError, match=message):
             enc.encode(**kwargs)
     assert enc.encode(["a", "b"], truncate_dim=5).shape == (2, 5)
+
+
+def test_evaluating_a_damaged_checkpoint_folder_is_one_line(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    for step in ("2", "4"):
+        _damage(run / "checkpoints" / step)
+    before = snapshot(run)
+    assert evaluate.main(["--model", str(run / "checkpoints" / "4"), "--tasks", "STSB"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "checkpoints/4 does not restore" in err[0], err
+    assert snapshot(run) == before
