@@ -413,7 +413,10 @@ def _run_cli(args: argparse.Namespace, models: list[str]) -> int:
     names = tasks.expand([t.strip() for t in args.tasks.split(",") if t.strip()])
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     run_folder, _, _ = resolve_checkpoint(models[0])
-    cache = args.cache_dir or (str(run_folder) if is_run(run_folder) else None)
+    # A run folder's features are cached outside it (a read-only command writes nothing into a run); the cache key
+    # is the weights' fingerprint, so one user cache serves every run and checkpoint.
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sgcl_jax"
+    cache = args.cache_dir or (str(user_cache) if is_run(run_folder) else None)
     settings = Settings(metric=args.metric, aggregation=args.aggregation, batch_size=args.batch_size,
                         data_dir=args.data_dir, download=args.download, senteval_dir=args.senteval_dir,
                         classifier=args.classifier, kfold=args.kfold, classifier_seeds=seeds, cache_dir=cache)
