@@ -44,14 +44,17 @@ def _manager(folder: Path, keep: int, writable: bool, async_save: bool = True) -
     # used because it warns on every open.
     options = ocp.CheckpointManagerOptions(preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=writable,
                                            cleanup_tmp_directories=writable, enable_async_checkpointing=async_save)
-    for attempt in range(10):
+    for _ in range(0 if writable else 9):  # a writer must not hide a missing folder
         try:
             return ocp.CheckpointManager(folder, options=options)
         except FileNotFoundError:  # a trainer rotated a step away while the manager listed it: list again
-            if writable or attempt == 9:
-                raise
             time.sleep(0.05)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return ocp.CheckpointManager(folder, options=options)
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as one short line (TensorStore's messages run to pages)."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
 class Damaged(ValueError):
@@ -79,7 +82,7 @@ def _restore_newest(mngr: ocp.CheckpointManager, args: Any, what: str, steps: li
                 with contextlib.suppress(FileNotFoundError):  # the listing itself may race the next rotation
                     mngr.reload()
                 continue
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            reason = _reason(e)
             if repair and jax.process_index() == 0:
                 moved = set_aside(Path(mngr.directory) / str(step))
                 log.warning("%s %s/%d does not restore (%s); set aside as %s, trying the next older one",
@@ -124,8 +127,7 @@ class Checkpoints:
                 for tmp in parent.glob("*.orbax-checkpoint-tmp*"):
                     shutil.rmtree(tmp, ignore_errors=True)
             kept = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
-            reason = ("no space left on device" if _no_space(e) else
-                      f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            reason = "no space left on device" if _no_space(e) else _reason(e)
             raise SaveFailed(
                 f"{folder}: a checkpoint save failed ({reason}). Kept: "
                 + (f"checkpoints {kept}, the newest complete being {folder}/{kept[-1]}" if kept else

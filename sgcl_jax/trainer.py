@@ -198,8 +198,9 @@ def _check_resume(workdir: Path, run_identity: dict[str, Any]) -> bool:
     one of its checkpoints finished (identity.json is written before anything else of a run)."""
     # One answer for all processes, taken before any of them writes: the first to create checkpoints/ would
     # otherwise make a slower one take the resume path alone, and Orbax's collective calls would not match.
-    has_run = sharding.max_over_processes(int(runs.is_run(workdir) or (workdir / checkpointing.BEST).is_dir()))
-    meta = checkpointing.Checkpoints(workdir, writable=False).read_meta() if runs.is_run(workdir) else None
+    has_checkpoints = runs.is_run(workdir)
+    has_run = sharding.max_over_processes(int(has_checkpoints or (workdir / checkpointing.BEST).is_dir()))
+    meta = checkpointing.Checkpoints(workdir, writable=False).read_meta() if has_checkpoints else None
     saved = runs.read_identity(workdir) or (meta or {}).get("identity")
     if saved is not None:
         runs.check_identity(workdir, saved, run_identity)
