@@ -49,12 +49,14 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of both BERTs and the head in training; params stay fp32
     remat: bool = False  # rematerialise BERT_T's layers (large batches)
     head: bool = True  # the projection head f; False compares [CLS] and the views directly (Table 5)
+    pooling: str = "cls"  # BERT_T's trained sentence vector: last-layer [CLS] (the paper), or mean/max of tokens
     head_dim: int = 4096
 
     def __post_init__(self) -> None:
         _require(self.dtype in DTYPES, "model.dtype", f"{self.dtype!r}: choose from {tuple(DTYPES)}")
         _require(2 <= self.max_length <= 4096, "model.max_length", f"{self.max_length}: must be in 2..4096")
         _require(self.head_dim > 0, "model.head_dim", f"{self.head_dim}: must be > 0")
+        _require(self.pooling in POOLINGS, "model.pooling", f"{self.pooling!r}: choose from {POOLINGS}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sgcl_jax.bert import Bert, BertConfig
-from sgcl_jax.pooling import pool_layers
+from sgcl_jax.pooling import pool, pool_layers
 from sgcl_jax.pretrained import Pretrained, architecture, load_pretrained, random_pretrained
 
 Params = dict[str, Any]
@@ -30,6 +30,7 @@ class ModelSpec:
     layer_max: int = -1  # -1: the last layer
     guide_dropout: bool = True
     remat: bool = False
+    pooling: str = "cls"  # BERT_T's sentence vector c: its last layer's [CLS] (the paper) or mean/max of its tokens
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -46,13 +47,14 @@ class ModelSpec:
         model, guide = cfg.model, cfg.guide
         spec = cls(bert=bert, head=model.head, head_dim=model.head_dim, dtype=model.dtype, guide_pooling=guide.pooling,
                    layer_min=guide.layer_min, layer_max=guide.layer_max, guide_dropout=guide.dropout,
-                   remat=model.remat)
+                   remat=model.remat, pooling=model.pooling)
         spec.layers  # noqa: B018 - refuses a bad layer range now, not inside jit
         return spec
 
     def bert_module(self, guide: bool = False) -> Bert:
         """The Flax BERT for the guide (every token of every layer) or the trained copy ([CLS] only at the top)."""
-        return Bert(self.bert, DTYPES[self.dtype], remat=self.remat and not guide, cls_only=not guide)
+        return Bert(self.bert, DTYPES[self.dtype], remat=self.remat and not guide,
+                    cls_only=not guide and self.pooling == "cls")
 
 
 def load_guide(model_cfg: Any) -> Pretrained:
@@ -126,8 +128,8 @@ def regulariser(trainable: Params, guide: Params) -> jax.Array:
 
 def forward(spec: ModelSpec, trainable: Params, guide: Params, batch: dict[str, jax.Array], rng: jax.Array,
             train: bool = True) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """-> (c, h_all, f(c), f(h_all)): BERT_T's last-layer [CLS], the guide's pooled views and their projections
-    (f is the identity when the spec has no head)."""
+    """-> (c, h_all, f(c), f(h_all)): BERT_T's sentence vector (last-layer [CLS], or its `spec.pooling` of the
+    last layer), the guide's pooled views and their projections (f is the identity when the spec has no head)."""
     k_guide, k_trained = jax.random.split(rng)
     ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
     hidden_f = spec.bert_module(guide=True).apply(
@@ -137,7 +139,7 @@ def forward(spec: ModelSpec, trainable: Params, guide: Params, batch: dict[str, 
     hidden_t = spec.bert_module().apply(
         {"params": trained_bert(trainable, guide)}, ids, mask, tt, deterministic=not train,
         rngs={"dropout": k_trained})
-    c = hidden_t[-1][:, 0].astype(jnp.float32)
+    c = pool(hidden_t[-1], mask, spec.pooling)
     if not spec.head:
         return c, h_all, c, h_all
     head = head_module(spec)

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 
 from sgcl_jax import checkpointing
-from sgcl_jax.config import Config, ConfigError
+from sgcl_jax.config import Config, ConfigError, identity
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import read_json
 from sgcl_jax.model import ModelSpec, init_trainable, load_guide, trained_bert
@@ -99,7 +99,12 @@ def read_identity(workdir: str | Path) -> dict[str, Any] | None:
 
 
 def identity_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The identity fields whose values differ, as 'field: saved -> current'."""
+    """The identity fields whose values differ, as 'field: saved -> current'.
+
+    A field a run folder lacks was added by a later release: the run trained with its default, so it matches
+    that default (older run folders stay resumable)."""
+    defaults = identity(Config())
+    saved = {**{k: v for k, v in defaults.items() if k in current}, **saved}
     keys = sorted(set(saved) | set(current))
     return [f"{k}: {saved.get(k, '(absent)')!r} -> {current.get(k, '(absent)')!r}" for k in keys
             if saved.get(k) != current.get(k)]
