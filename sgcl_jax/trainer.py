@@ -52,6 +52,7 @@ class RunState:
     drops: int = 0
     stopped: bool = False
     dev_history: list[list[float]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0  # wall time spent training so far, summed over resumes (dev evaluations included)
 
     def record_dev(self, step: int, score: float, patience: int, counts: bool = True) -> bool:
         """Records a dev score; True when it is the new best (so it should be saved, unless step is 0)."""
@@ -234,6 +235,7 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
     for stale in [s for s in ckpt.best.all_steps() if s > run.step]:
         ckpt.best.delete(stale)
     records = Records(workdir, proc0, run.step if restored is not None else -1)
+    started, seconds_before = time.perf_counter(), run.seconds
 
     def sentence_encoder(trainable: Any, label: str = "") -> SentenceEncoder:
         """BERT_T (the guide's frozen embeddings + these layers) as this host's evaluation encoder."""
@@ -253,6 +255,7 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
     def save(step: int) -> None:
         _check_finite(state, ckpt, cfg)
         run.step = step
+        run.seconds = seconds_before + time.perf_counter() - started
         ckpt.save(step, state, {"step": step, "seed": cfg.seed, "identity": run_identity, "run": run.to_json()})
 
     def train_loop() -> int:
@@ -338,6 +341,8 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
         # The released training.py scores the in-memory model after early stopping, not the best one.
         last = score(state.params, f"last, step {step}") if run.best_step != step else results
         results["last"] = {"step": step, "tasks": last["tasks"], "average": last["average"]}
+    # Wall time of the whole run: training over every resume, then the final evaluation(s).
+    results["training"]["wall_seconds"] = round(seconds_before + time.perf_counter() - started, 1)
     if proc0:
         write_json(results, workdir / runs.RESULTS)
         print(evaluate.format_table(results, f"seed {cfg.seed}, best dev step {run.best_step}"))
