@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sgcl_jax.config import config_path
+from sgcl_jax.config import ConfigError, check_override, config_path
 from sgcl_jax.interrupts import Stopped
 
 OK, ERROR, DOES_NOT_FIT, INTERRUPTED = 0, 1, 2, 130
@@ -48,6 +48,35 @@ def stopped(stop: Stopped) -> int:
     """Prints where a stopped run is and the command that resumes it; 0 after a preemption, 130 after Ctrl-C."""
     print(f"{stop}; resume with: {command_line()}", file=sys.stderr)
     return OK if stop.signame == "SIGTERM" else INTERRUPTED
+
+
+def run_app(main: Callable[[list[str]], None], doc: str | None, argv: Sequence[str],
+            renamed: dict[str, str] | None = None) -> None:
+    """Runs an absl `main` as a command: `--config NAME` resolved, every `--config.a.b` override checked against
+    the config's fields first (one line naming a mistyped one), a renamed flag named with its replacement, and
+    `--help` printing the program's own description and flags, exit 0."""
+    from absl import app
+
+    import __main__
+
+    argv = list(argv)
+    for arg in argv[1:]:
+        old = arg.split("=", 1)[0]
+        if renamed and old in renamed:
+            sys.exit(f"error: {old} was renamed: use {renamed[old]}")
+        if arg.startswith("--config."):
+            try:
+                check_override(old[len("--config."):])
+            except ConfigError as e:
+                sys.exit(f"error: {e}")
+    if doc:
+        __main__.__doc__ = doc  # absl prints __main__'s docstring; a console script has none of its own
+    try:
+        app.run(main, argv=resolve_config_arg(argv))
+    except SystemExit as e:
+        if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in argv[1:]) and e.code == 1:
+            sys.exit(OK)  # absl exits 1 after printing the help: asking for help is not a failure
+        raise
 
 
 def resolve_config_arg(argv: Sequence[str]) -> list[str]:

@@ -228,6 +228,24 @@ RESUMABLE = ("seeds", "train.eval_every", "train.log_every", "train.progress", "
              "eval.", "mesh.")
 
 
+def check_override(path: str) -> None:
+    """Refuses a dotted override path that names no config field (`optim.lrr`), naming the section's fields."""
+    cls: Any = Config
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        section = ".".join(parts[:i]) or "config"
+        if part not in fields:
+            raise ConfigError(f"config: {path}: no such field (fields of {section}: {', '.join(fields)})")
+        hint = typing.get_type_hints(cls)[part]
+        if not dataclasses.is_dataclass(hint):
+            if i < len(parts) - 1 and not (hint is dict or typing.get_origin(hint) is dict):
+                raise ConfigError(f"config: {path}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            return
+        cls = hint
+    raise ConfigError(f"config: {path}: is a section; set one of its fields")
+
+
 def identity(cfg: Config) -> dict[str, Any]:
     """The fields that define what a run trains (flattened, JSON values): a resume must match every one."""
     flat = _flatten(cfg.to_dict())

@@ -48,7 +48,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """The console entry point (also used by the top-level train.py)."""
-    app.run(main, argv=cli.resolve_config_arg(sys.argv))
+    cli.run_app(main, __doc__, sys.argv)
 
 
 if __name__ == "__main__":

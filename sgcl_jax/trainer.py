@@ -142,7 +142,8 @@ def _kept_lines(path: Path, resume_step: int) -> list[str]:
 # ------------------------------------------------------------------------------------------ one run
 
 
-def _dev_set(cfg: Config) -> sts.Subset | None:
+def dev_set(cfg: Config) -> sts.Subset | None:
+    """STS-B dev (selects the best checkpoint), or None with a warning when the data folder lacks it."""
     try:
         return sts.read_stsb(sts.default_data_dir(cfg.data.data_dir or None) / sts.FOLDERS["STSB"], "dev")
     except sts.MissingData as e:
@@ -185,7 +186,7 @@ def train_one(cfg: Config, workdir: Path) -> dict[str, Any]:
     total = cfg.train.num_steps or cfg.data.num_epochs * batches.steps_per_epoch
     run_identity = {**identity(cfg), "guide.fingerprint": guide_model.fingerprint(),
                     "data.fingerprint": data.fingerprint(sentences) if shared else "per-process"}
-    dev = _dev_set(cfg)
+    dev = dev_set(cfg)
 
     resuming = _check_resume(workdir, run_identity)  # before the folder changes in any way, lock included
     lock = runs.RunLock(workdir) if proc0 else contextlib.nullcontext()

@@ -48,7 +48,7 @@ def _shared(env: str, default: Path, probe: str) -> Path:
     """A data folder, or a skip (a failure when SGCL_REQUIRE_DATA is set) naming what is missing."""
     folder = Path(os.environ.get(env) or default).resolve()
     if not (folder / probe).exists():
-        message = f"{folder / probe} not found: set {env} to the folder (../shared/data in this workplace)"
+        message = f"{folder / probe} not found: set {env} to the folder holding {probe} ({default} here)"
         if os.environ.get("SGCL_REQUIRE_DATA"):
             pytest.fail(message)
         pytest.skip(message)
@@ -79,6 +79,16 @@ def nli_file() -> Path:
     path = os.environ.get("SGCL_NLI_TEXT")
     return _shared("SGCL_NLI_DIR", Path(path).parent if path else SHARED / "nli", "snli_sentences.txt") \
         / "snli_sentences.txt"
+
+
+@pytest.fixture(scope="session")
+def paper_results() -> dict:
+    """The paper's result tables ($SGCL_PAPER_RESULTS, else ../shared/paper/results.json), as JSON."""
+    import json
+
+    path = os.environ.get("SGCL_PAPER_RESULTS")
+    folder = _shared("SGCL_PAPER_DIR", Path(path).parent if path else ROOT.parent / "shared" / "paper", "results.json")
+    return json.loads((folder / "results.json").read_text())
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,19 @@
-"""The experiment runner on the tiny config: two variants build the table, a finished variant is skipped on a
-re-run, and an unknown override is refused before anything is written."""
+"""The experiment runner on the tiny config: variants over seeds build the table (mean +- std recomputed here from
+each seed's results.json), a finished variant is skipped on a re-run, an interrupted study resumes what is
+missing, the paper's numbers come from its file, and an unknown override is refused before anything is written."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from sgcl_jax import experiments
+from sgcl_jax import paper, study
 from sgcl_jax.config import ConfigError
-from sgcl_jax.experiments import Variant, parse_variant, run_experiment
+from sgcl_jax.study import Variant, parse_variant, run_experiment
 
 
 def test_two_variants_build_the_table_and_a_rerun_skips_them(tmp_path, tiny_config, capsys):
@@ -23,20 +26,25 @@ def test_two_variants_build_the_table_and_a_rerun_skips_them(tmp_path, tiny_conf
                for v, folder in (("ref", "ref"), ("half data", "half_data"))}
     assert [r["name"] for r in table["rows"]] == ["ref", "half data"]
     for row in table["rows"]:
-        assert row["average"] == pytest.approx(results[row["name"]]["average"]["score"])
-        assert row["per_seed_average"] == [pytest.approx(row["average"])]
+        assert row["best"]["mean"] == pytest.approx(results[row["name"]]["average"]["score"])
+        assert row["best"]["per_seed"] == [pytest.approx(row["best"]["mean"])]
+        assert row["last"]["mean"] == pytest.approx(results[row["name"]]["last"]["average"]["score"])
+        assert row["best_steps"] == [results[row["name"]]["training"]["best_step"]]
+        assert row["wall_seconds"] == [results[row["name"]]["training"]["wall_seconds"]] and row["wall_seconds"][0] > 0
     ref, half = table["rows"]
-    assert ref["average"] != half["average"]  # the override reached the trainer
-    assert half["delta"] == pytest.approx(half["average"] - ref["average"])
-    assert json.loads((tmp_path / "ablation.json").read_text())["rows"][1]["delta"] == pytest.approx(half["delta"])
+    assert ref["best"]["mean"] != half["best"]["mean"]  # the override reached the trainer
+    assert half["delta"]["value"] == pytest.approx(half["best"]["mean"] - ref["best"]["mean"])
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["rows"][1]["delta"]["value"] == pytest.approx(half["delta"]["value"])
     md = (tmp_path / "ablation.md").read_text()
-    assert printed.rstrip().endswith(md.strip()) and f"{half['delta']:+.2f}" in md and "average over STSB" in md
+    assert printed.rstrip().endswith(md.strip()) and f"{half['delta']['value']:+.2f}" in md
+    assert "average over STSB" in md and "best steps" in md and "avg (last)" in md
     assert json.loads((tmp_path / "half_data" / "config.json").read_text())["data"]["max_sentences"] == 160
 
     # A re-run trains nothing: the finished seeds' folders are untouched, and the table is the same.
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and "seed_1" in p.parts}
     again = run_experiment("ablation", base, variants, tmp_path, seeds=[1])
-    assert [r["average"] for r in again["rows"]] == [r["average"] for r in table["rows"]]
+    assert [r["best"] for r in again["rows"]] == [r["best"] for r in table["rows"]]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
@@ -45,12 +53,22 @@ def test_unknown_or_invalid_overrides_are_refused_before_anything_runs(tmp_path,
         run_experiment("ablation", tiny_config(), [Variant("ok", {}), Variant("bad", {"model.nope": 1})],
                        tmp_path / "a", seeds=[1])
     assert not (tmp_path / "a").exists()
-    rc = experiments.main(["ablation", "--config", str(repo_root / "configs/tiny.py"), "--workdir",
-                           str(tmp_path / "b"), "--only", "SG-OPT,mine", "--variant", "mine:objective.tau=-1"])
-    assert rc == 2 and "tau" in capsys.readouterr().err and not (tmp_path / "b").exists()
-    rc = experiments.main(["ablation", "--config", str(repo_root / "configs/tiny.py"), "--workdir",
-                           str(tmp_path / "c"), "--only", "SG-OPT,nope"])
-    assert rc == 2 and "unknown variant" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    def cli(*args):
+        cmd = [sys.executable, "-m", "sgcl_jax.experiments", "ablation", "--config",
+               str(repo_root / "configs/tiny.py"), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root)
+
+    out = cli("--workdir", str(tmp_path / "b"), "--only", "SG-OPT,mine", "--variant", "mine:objective.tau=-1")
+    assert out.returncode == 1 and "tau" in out.stderr.splitlines()[-1] and not (tmp_path / "b").exists()
+    out = cli("--workdir", str(tmp_path / "c"), "--only", "SG-OPT,nope")
+    assert out.returncode == 1 and "unknown variant" in out.stderr and not (tmp_path / "c").exists()
+    # The base config takes training's overrides; a mistyped field is one line naming it, nothing written.
+    out = cli("--workdir", str(tmp_path / "d"), "--config.optim.lrr=1e-3")
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        "error: config: optim.lrr: no such field (fields of optim: lr, b1, b2, eps, weight_decay, warmup_ratio, "
+        "clip_norm)"] and not (tmp_path / "d").exists()
+    out = cli("--workdir", str(tmp_path / "e"), "--set", "optim.lr=1")
+    assert out.returncode == 1 and "--set was renamed: use --config." in out.stderr
 
 
 def test_variants_are_data():
@@ -58,6 +76,64 @@ def test_variants_are_data():
     assert v.overrides == {"optim.lr": 1e-6, "data.files": "a.txt", "model.head": False}
     with pytest.raises(ValueError, match="key=value"):
         parse_variant("nothing")
-    names = [v.name for v in experiments.ABLATION]
+    names = [v.name for v in study.ABLATION]
     assert names[0] == "SG-OPT" and len(set(names)) == len(names) == 9
-    assert np.all([isinstance(v.overrides, dict) for v in experiments.ABLATION])
+    assert np.all([isinstance(v.overrides, dict) for v in study.ABLATION])
+    # Experiments sharing a workdir share their reference: the same name and the same (empty) overrides.
+    for name in ("domain", "recipe"):
+        ref = study.variants(name, nli="x.txt")[0]
+        assert (ref.name, ref.overrides) == ("SG-OPT", {})
+
+
+def test_paper_numbers_come_from_its_file(paper_results):
+    """Every ablation variant finds its Table 5 row by its overrides; the numbers are the file's, not ours."""
+    rows = paper_results["table5_ablation_bert_base"]["rows"]
+    for v in study.ABLATION:
+        found = paper.ablation(v.overrides)
+        (expected,) = [r for r in rows if r["overrides"] == v.overrides]
+        assert found == {"variant": expected["variant"], "avg7": expected["avg7"], "delta": expected["delta"]}
+    assert paper.ablation({"objective.tau": 0.5}) is None
+    sg_opt = paper_results["table1_sts_spearman"]["rows"]["bert-base"]["sg-opt (cls)"]
+    assert paper.sts_row("bert-base", "sg-opt (cls)") == {k: v["mean"] for k, v in sg_opt.items()}
+    assert paper.domain_drop() == paper_results["figure4_domain_shift"]["sg-opt"]
+    assert set(paper.transfer_rows()) == {k for k in paper_results["table4_senteval_accuracy"]["rows"]
+                                          if k.startswith("bert-base ")}
+
+
+def test_seed_aggregation_and_the_sign_table():
+    """mean +- std (ddof=1) over seeds, the standard error of a difference of means, and the sign verdicts,
+    against a re-derivation with NumPy on made-up per-seed scores."""
+    seeds = [1, 2, 3]
+    rng = np.random.default_rng(0)
+
+    def summary(level, spread):
+        per = {t: level + spread * rng.standard_normal(3) for t in ("STSB", "SICKR")}
+        tasks = {t: {"score": float(v.mean()), "std": float(v.std(ddof=1)),
+                     "per_seed": {str(s): float(x) for s, x in zip(seeds, v, strict=True)}} for t, v in per.items()}
+        training = {str(s): {"best_score": level + 1 + i, "best_step": 50 * (i + 1), "wall_seconds": 60.0 * (i + 1)}
+                    for i, s in enumerate(seeds)}
+        return {"tasks": tasks, "per_seed": training, "protocol": {}, "missing": {},
+                "last": {"tasks": tasks}}, per
+
+    ref, ref_per = summary(70.0, 0.3)
+    far, far_per = summary(75.0, 0.3)
+    near, near_per = summary(70.1, 0.3)
+    found = [Variant("SG-OPT", {}), Variant("OPT2", {"objective.name": "opt2"}), Variant("lambda-0",
+                                                                                         {"objective.lam": 0.0})]
+    table = study.build_table("ablation", found, {"SG-OPT": ref, "OPT2": far, "lambda-0": near}, seeds)
+    for row, per in zip(table["rows"], (ref_per, far_per, near_per), strict=True):
+        avg = (per["STSB"] + per["SICKR"]) / 2
+        assert row["best"]["mean"] == pytest.approx(avg.mean()) and row["best"]["std"] == pytest.approx(avg.std(ddof=1))
+    ref_avg = (ref_per["STSB"] + ref_per["SICKR"]) / 2
+    for row, per in zip(table["rows"][1:], (far_per, near_per), strict=True):
+        avg = (per["STSB"] + per["SICKR"]) / 2
+        se = np.sqrt(avg.var(ddof=1) / 3 + ref_avg.var(ddof=1) / 3)
+        assert row["delta"]["value"] == pytest.approx(avg.mean() - ref_avg.mean())
+        assert row["delta"]["se"] == pytest.approx(se)
+        assert row["delta"]["outside_2se"] == (abs(avg.mean() - ref_avg.mean()) > 2 * se)
+    assert table["rows"][1]["delta"]["outside_2se"] and not table["rows"][2]["delta"]["outside_2se"]
+    assert table["rows"][1]["dev"]["mean"] == pytest.approx(77.0) and table["rows"][1]["best_steps"] == [50, 100, 150]
+    text = study.format_table(table)
+    # OPT2: the paper's change is negative, ours positive and outside 2 SE; lambda-0: inside 2 SE.
+    assert "| OPT2 | -1.48 | +" in text and "| no | yes |" in text and "| lambda-0 | -0.86 |" in text
+    assert "| 1.0 |" not in text and "min/seed" in text
