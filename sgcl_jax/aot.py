@@ -64,7 +64,7 @@ def main(argv: Sequence[str]) -> None:
     """Flags -> the report (text and JSON); exit 2 when the step does not fit, 1 on any other failure."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.setup_logging()
+    cli.setup_logging(_VERBOSE.value)
     try:
         cfg = _CONFIG.value if isinstance(_CONFIG.value, Config) else Config.from_dict(_CONFIG.value)
         target = pod.resolve_topology(_TOPOLOGY.value)

@@ -7,6 +7,7 @@ the accelerator (`aot`); 130 interrupted (Ctrl-C), after saving what there was t
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -20,11 +21,20 @@ OK, ERROR, DOES_NOT_FIT, INTERRUPTED = 0, 1, 2, 130
 USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, RuntimeError)
 
 
-def setup_logging() -> None:
-    """INFO for sgcl_jax, WARNING for the chatty libraries."""
+def setup_logging(verbose: bool = False) -> None:
+    """INFO for sgcl_jax, WARNING for the chatty libraries; without --verbose, Orbax's own error logs are left out."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_orbax_errors)
+
+
+def _orbax_errors(record: logging.LogRecord) -> bool:
+    # Orbax logs a failed save from each of its writer threads, with tracebacks; the command's own one-line error
+    # (checkpointing.SaveFailed) names the failure and what was kept.
+    return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 def fail(error: BaseException, verbose: bool, code: int = ERROR) -> int:

@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1  # the exit-code convention of every command (README: Command lines)
 
 
 def _run_cli(args: argparse.Namespace, models: list[str]) -> int:

@@ -44,7 +44,7 @@ def main(argv: Sequence[str]) -> None:
     """Flags -> study.run_experiment; errors exit with one line (--verbose: traceback)."""
     if len(argv) != 2 or argv[1] not in study.EXPERIMENTS:
         raise app.UsageError(f"name one experiment: {', '.join(study.EXPERIMENTS)} (got {argv[1:]})")
-    cli.setup_logging()
+    cli.setup_logging(_VERBOSE.value)
     try:
         base = Config.from_dict(_CONFIG.value)
         found = list(study.variants(argv[1], _NLI.value)) + [study.parse_variant(v) for v in _VARIANT.value]

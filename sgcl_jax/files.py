@@ -23,11 +23,16 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Writes JSON through a temporary file and a rename."""
+    write_text(json.dumps(obj, indent=2), path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    """Writes a text file through a temporary file and a rename; on failure the old file is kept, named."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(obj, indent=2))
+        tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

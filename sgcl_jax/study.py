@@ -27,7 +27,7 @@ import numpy as np
 from sgcl_jax import evaluate, paper, tasks
 from sgcl_jax.config import Config, ConfigError
 from sgcl_jax.encoder import SentenceEncoder
-from sgcl_jax.files import read_json, write_json
+from sgcl_jax.files import read_json, write_json, write_text
 from sgcl_jax.model import load_guide
 from sgcl_jax.trainer import dev_set, train_and_evaluate
 
@@ -166,7 +166,7 @@ def run_experiment(name: str, base: Config, found: Sequence[Variant], workdir: s
     table = build_table(name, found, summaries, seeds, baselines)
     write_json(table, workdir / f"{name}.json")
     text = format_table(table)
-    (workdir / f"{name}.md").write_text(text + "\n")
+    write_text(text + "\n", workdir / f"{name}.md")
     print(text)
     return table
 

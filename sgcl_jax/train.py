@@ -36,7 +36,7 @@ def main(argv: Sequence[str]) -> None:
     """Flags -> train_and_evaluate; a config, data or run-folder error exits with one line (--verbose: traceback)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.setup_logging()
+    cli.setup_logging(_VERBOSE.value)
     try:
         sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)

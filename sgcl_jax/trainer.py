@@ -19,7 +19,7 @@ import numpy as np
 from sgcl_jax import checkpointing, data, evaluate, runs, sharding, sts
 from sgcl_jax.config import Config, identity
 from sgcl_jax.encoder import SentenceEncoder
-from sgcl_jax.files import write_json
+from sgcl_jax.files import write_json, write_text
 from sgcl_jax.interrupts import Interrupts, Stopped
 from sgcl_jax.model import ModelSpec, load_guide, trained_bert
 from sgcl_jax.train_step import create_train_state, jit_train_step, state_shardings
@@ -93,9 +93,9 @@ class Records:
         self.file = self.tb = None
         if not enabled:
             return
-        path = workdir / runs.METRICS
+        path = self.path = workdir / runs.METRICS
         if path.exists():
-            path.write_text("".join(f"{x}\n" for x in _kept_lines(path, resume_step)))
+            write_text("".join(f"{x}\n" for x in _kept_lines(path, resume_step)), path)
         self.file = open(path, "a")  # noqa: SIM115 - closed in close()
         try:
             from tensorboardX import SummaryWriter
@@ -108,16 +108,24 @@ class Records:
         """One JSON line (and TensorBoard scalars) for a step."""
         if not self.enabled:
             return
-        self.file.write(json.dumps({"step": step, **values}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **values}) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise OSError(f"{self.path}: cannot write the run's metrics ({e.strerror or e}). Kept: the checkpoints "
+                          "saved so far, intact. Free space (or fix the disk) and run the same command again to "
+                          "resume.") from None
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        """Flushes and closes the files."""
+        """Flushes and closes the files (a failing flush is a warning: it runs while another error propagates)."""
         if self.file:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError as e:
+                log.warning("%s: the last metrics lines were not written (%s)", self.path, e.strerror or e)
         if self.tb is not None:
             self.tb.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -84,9 +85,10 @@ def test_a_full_disk_during_a_save_ends_in_one_line_and_resumes(tmp_path, train_
                     pass
         proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=300)
-        # Orbax's writer threads log their own tracebacks; the program's verdict is one line.
+        # The verdict is one line; Orbax's writer threads' own error logs (with tracebacks) are left out.
         verdict = [x for x in err.splitlines() if x.startswith("error: ")]
         assert proc.returncode != 0 and len(verdict) == 1, err[-3000:]
+        assert "Traceback" not in err and verdict[0] == err.strip().splitlines()[-1], err[-3000:]
         line = verdict[0]
         assert "a checkpoint save failed (no space left on device)" in line or "cannot write" in line, line
         if "checkpoint save failed" in line:
@@ -135,5 +137,33 @@ def test_export_onto_a_full_disk_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith(f"error: {disk / 'out'}") and "no space left on device" in err.lower(), err
         assert not list(disk.iterdir())  # nothing half-written
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_evaluate_out_onto_a_full_disk_keeps_the_printed_scores(tmp_path, capsys, data_dir):
+    from sgcl_jax import evaluate
+
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with open(disk / "filler", "wb", buffering=0) as f:
+            for chunk in (1 << 16, 4096, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError:
+                    pass
+        out = disk / "scores.json"
+        rc = evaluate.main(["--model", "minilm", "--tasks", "STSB", "--data-dir", str(data_dir), "--out", str(out)])
+        printed = capsys.readouterr()
+        assert rc == 1
+        assert re.search(r"^STSB\s+\d+\.\d\d spearman\s+1379$", printed.out, re.M), printed.out  # scores kept
+        err = [x for x in printed.err.strip().splitlines() if not x.startswith("encode:")]  # progress bars
+        assert len(err) == 1 and err[0].startswith("error: ") and str(out) in err[0], err
+        assert "no space left on device" in err[0].lower(), err
+        assert not out.exists() and sorted(p.name for p in disk.iterdir()) == ["filler"]  # nothing half-written
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
