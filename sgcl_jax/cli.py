@@ -81,10 +81,17 @@ def run_app(main: Callable[[list[str]], None], doc: str | None, argv: Sequence[s
                 sys.exit(f"error: {e}")
     if doc:
         __main__.__doc__ = doc  # absl prints __main__'s docstring; a console script has none of its own
+    if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+        from absl import flags
+
+        # absl lists the flags of the module named by argv[0], which for a console script defines none.
+        module = argv[0] if main.__module__ == "__main__" else main.__module__
+        print(f"{(doc or '').strip()}\n\nflags:\n{flags.FLAGS.module_help(module)}")
+        sys.exit(OK)
     try:
         app.run(main, argv=resolve_config_arg(argv))
     except SystemExit as e:
-        if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in argv[1:]) and e.code == 1:
+        if "--helpfull" in argv[1:] and e.code == 1:
             sys.exit(OK)  # absl exits 1 after printing the help: asking for help is not a failure
         raise
 

@@ -104,16 +104,31 @@ def _write_sentence_transformers(folder: Path, encoder: SentenceEncoder, base_mo
     model.save_pretrained(str(folder))
 
 
+BIBTEX = """@inproceedings{kim-etal-2021-self,
+    title = "Self-Guided Contrastive Learning for {BERT} Sentence Representations",
+    author = "Kim, Taeuk and Yoo, Kang Min and Lee, Sang-goo",
+    booktitle = "Proceedings of the 59th Annual Meeting of the Association for Computational Linguistics and the
+                 11th International Joint Conference on Natural Language Processing (Volume 1: Long Papers)",
+    year = "2021",
+    publisher = "Association for Computational Linguistics",
+    url = "https://aclanthology.org/2021.acl-long.197",
+    pages = "2528--2540",
+}"""
+_POOLING_TEXT = {"cls": "the last-layer [CLS] vector", "mean": "the mean of the last layer's token vectors",
+                 "max": "the maximum over the last layer's token vectors"}
+
+
 def model_card(folder: Path, base_model: str | None, config: dict[str, Any] | None,
-               results: dict[str, Any] | None, command: str, st_card: bool) -> None:
+               results: dict[str, Any] | None, command: str, st_card: bool, pooling: str = "cls",
+               checkpoint: str | None = None) -> None:
     """README.md: the sentence-transformers card (or a plain one) with our training config, the STS results as
-    model-index metadata and the evaluation protocol. No local paths."""
+    model-index metadata, the evaluation protocol, which checkpoint it is and the paper's BibTeX. No local paths."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     path = folder / "README.md"
     card = ModelCard.load(path) if st_card and path.exists() else ModelCard(
-        "---\n---\n\n# SG-BERT sentence encoder (sgcl_jax)\n\nUse the last-layer [CLS] vector: "
-        "`AutoModel.from_pretrained(folder)(**tokens).last_hidden_state[:, 0]`.\n")
+        f"---\n---\n\n# SG-BERT sentence encoder (sgcl_jax)\n\nUse {_POOLING_TEXT[pooling]} of "
+        "`AutoModel.from_pretrained(folder)(**tokens).last_hidden_state` (padding masked out).\n")
     data: ModelCardData = card.data
     data.library_name = data.library_name or "transformers"
     data.pipeline_tag = data.pipeline_tag or "feature-extraction"
@@ -131,8 +146,16 @@ def model_card(folder: Path, base_model: str | None, config: dict[str, Any] | No
         data.eval_results = evals
     section = ["", "## SG-BERT training (sgcl_jax)", "",
                "Self-Guided Contrastive Learning (Kim, Yoo and Lee, ACL 2021), trained with "
-               f"[sgcl_jax](https://pypi.org/project/sgcl_jax/) {__version__}. The sentence vector is the last-layer "
-               "[CLS] (the Pooling module is CLS)."]
+               f"[sgcl_jax](https://pypi.org/project/sgcl_jax/) {__version__}. The sentence vector is "
+               f"{_POOLING_TEXT[pooling]} (the Pooling module's mode is {pooling})."]
+    if st_card:
+        section += ["", "The usage example's similarity matrix above was computed by this exported model itself, "
+                    "when sentence-transformers wrote the card at export."]
+    if checkpoint:
+        section += ["", f"Exported checkpoint: {checkpoint}."]
+        if checkpoint.startswith("step 0"):
+            section += ["", "**These are the untrained base model's weights**: no trained checkpoint scored higher "
+                        "on STS-B dev than the model training started from, so the run's best is its starting point."]
     if config:
         data_cfg = config.get("data", {})
         files = [Path(f).name for f in data_cfg.get("files") or []]
@@ -149,12 +172,18 @@ def model_card(folder: Path, base_model: str | None, config: dict[str, Any] | No
         protocol = {k: v for k, v in results["protocol"].items() if k != "model"}
         section += ["", "Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items())]
     section += ["", "Made with:", "", f"    {command}", ""]
-    card.text = card.text.rstrip() + "\n" + "\n".join(section)
+    text = card.text.rstrip()
+    cite = f"```bibtex\n{BIBTEX}\n```\n"
+    if "### BibTeX\n" in text:  # sentence-transformers' card leaves this section empty for us to fill
+        text = text.replace("### BibTeX\n", f"### BibTeX\n\n#### SG-BERT\n\n{cite}", 1)
+    else:
+        section += ["## Citation", "", cite]
+    card.text = text + "\n" + "\n".join(section)
     card.save(path)
 
 
 def verify(folder: Path, encoder: SentenceEncoder, sentence_transformers: bool) -> dict[str, float]:
-    """Loads the folder in PyTorch and compares [CLS] embeddings with the JAX encoder; raises above 1e-4."""
+    """Loads the folder in PyTorch and checks its sentence vectors against the JAX encoder's (raises above 1e-4)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -166,7 +195,14 @@ def verify(folder: Path, encoder: SentenceEncoder, sentence_transformers: bool) 
     tok = AutoTokenizer.from_pretrained(str(folder))
     enc = tok(CHECK_SENTENCES, padding=True, truncation=True, return_tensors="pt")  # the saved max length
     with torch.no_grad():
-        got = model.eval()(**enc).last_hidden_state[:, 0].numpy()
+        hidden = model.eval()(**enc).last_hidden_state
+    mask = enc["attention_mask"][..., None].to(hidden.dtype)
+    if encoder.pooling == "cls":
+        got = hidden[:, 0].numpy()
+    elif encoder.pooling == "mean":
+        got = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+    else:
+        got = hidden.masked_fill(mask == 0, float("-inf")).max(1).values.numpy()
     diffs = {"transformers": float(np.abs(got - want).max())}
     if sentence_transformers:
         from sentence_transformers import SentenceTransformer
@@ -182,12 +218,13 @@ def verify(folder: Path, encoder: SentenceEncoder, sentence_transformers: bool) 
 
 def export(encoder: SentenceEncoder, pretrained: Pretrained, out: str | Path, fmt: str = "both",
            overwrite: bool = False, config: dict[str, Any] | None = None, results: dict[str, Any] | None = None,
-           command: str = "", source: Path | None = None, base_model: str | None = None) -> dict[str, float]:
+           command: str = "", source: Path | None = None, base_model: str | None = None,
+           checkpoint: str | None = None) -> dict[str, float]:
     """Writes, verifies and atomically places the export; returns the measured max abs differences."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: choose from {FORMATS}")
-    if encoder.pooling != "cls" or encoder.layer not in ("last", -1):
-        raise ExportError("only last-layer [CLS] encoders export (the model SG-BERT trains)")
+    if encoder.layer not in ("last", -1):
+        raise ExportError("only last-layer encoders export (the layer SG-BERT trains)")
     out = Path(out)
     check_target(out, source, overwrite)
     with staged_dir(out) as tmp:
@@ -195,7 +232,7 @@ def export(encoder: SentenceEncoder, pretrained: Pretrained, out: str | Path, fm
         st = fmt in ("sentence-transformers", "both")
         if st:
             _write_sentence_transformers(tmp, encoder, base_model, config)
-        model_card(tmp, base_model, config, results, command, st)
+        model_card(tmp, base_model, config, results, command, st, encoder.pooling, checkpoint)
         diffs = verify(tmp, encoder, st)
         (tmp / MARKER).write_text(json.dumps({"sgcl_jax": __version__, "format": fmt, "command": command,
                                               "max_abs_diff": diffs}, indent=2))
@@ -217,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = ap.parse_args(argv)
 
-    config = results = None
+    config = results = checkpoint = None
     # Paths are shown by their last part: the card travels, the folders on this machine do not.
     shown = [Path(a).name if os.sep in a else a for a in (sys.argv[1:] if argv is None else argv)]
     command = "python -m sgcl_jax.export " + " ".join(shown)
@@ -227,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = load_run(args.checkpoint, args.which)
             pretrained, encoder = run.guide, run.encoder(max_length=args.max_length)
             config, results = run.config.to_dict(), run.scores()  # only scores of exactly these weights
+            checkpoint = run.meta.get("checkpoint")
             if results is None:
                 log.warning("%s: results.json holds no score of %s; the card carries none", run.workdir,
                             run.meta.get("checkpoint"))
@@ -240,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             base_model = base_model_id(args.checkpoint)
             source = Path(pretrained.source)
         diffs = export(encoder, pretrained, args.out, args.format, args.overwrite, config, results, command, source,
-                       base_model)
+                       base_model, checkpoint)
     except (OSError, ValueError, ExportError, RunError) as e:
         if args.verbose:
             raise
@@ -252,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.out}: no space left on device while writing the export; nothing was written there "
               "(the staging folder is removed) and the source is untouched", file=sys.stderr)
         return 1
-    print(f"exported to {args.out} ({args.format}); verified in PyTorch, max abs diff of [CLS]: {diffs}")
+    print(f"exported to {args.out} ({args.format}); verified in PyTorch, max abs diff of the sentence vectors: {diffs}")
     return 0
 
 

@@ -64,6 +64,11 @@ def test_export_both_formats_match_jax(trained, tmp_path):
     assert "model-index" in meta and "spearman_cosine" in meta and "license: apache-2.0" in meta
     assert "SentenceTransformer(" in card and "| STSB |" in card and "Protocol:" in card
     assert str(trained) not in card and "/tmp" not in card  # no local paths
+    # The citation section carries the paper's BibTeX; the example matrix says which model computed it.
+    cite = card.split("### BibTeX", 1)[1]
+    assert cite.lstrip().startswith("#### SG-BERT") and "Self-Guided Contrastive Learning for {BERT}" in cite
+    assert "computed by this exported model itself" in card and "Exported checkpoint: best/" in card
+    assert "untrained base model's weights" not in card
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert all(stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644) for p in out.rglob("*"))
     # The exported model is the trained one, not the guide it started from.
@@ -74,6 +79,24 @@ def test_export_both_formats_match_jax(trained, tmp_path):
     hf_only = tmp_path / "hf"
     assert export.main(["--checkpoint", str(trained), "--out", str(hf_only), "--format", "hf"]) == 0
     assert (hf_only / "model.safetensors").exists() and not (hf_only / "modules.json").exists()
+
+
+def test_a_mean_pooled_run_exports_with_its_pooling(tmp_path, tiny_config):
+    """model.pooling=mean trains BERT_T's mean vector; its export pools the same way in sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+
+    from sgcl_jax.trainer import train_and_evaluate
+
+    run = tmp_path / "mean"
+    train_and_evaluate(tiny_config(**{"train.num_steps": 4, "train.eval_every": 2, "model.pooling": "mean",
+                                      "eval.pooling": "mean"}), run)
+    out = tmp_path / "export"
+    assert export.main(["--checkpoint", str(run), "--out", str(out)]) == 0
+    want = sgcl_jax.load_encoder(str(run)).encode(SENTENCES)
+    st = SentenceTransformer(str(out), device="cpu", local_files_only=True)
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "mean"
+    assert np.abs(st.encode(SENTENCES) - want).max() <= 1e-4
+    assert "the mean of the last layer's token vectors" in (out / "README.md").read_text()
 
 
 def test_the_bundled_model_card_names_its_hub_id(tmp_path):
