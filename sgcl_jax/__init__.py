@@ -17,6 +17,10 @@ _LAZY = {"SentenceEncoder": "sgcl_jax.encoder", "load_encoder": "sgcl_jax.runs",
          "train_and_evaluate": "sgcl_jax.trainer"}
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib

@@ -18,12 +18,14 @@ from typing import Any
 import ml_collections
 
 from sgcl_jax import tasks
-from sgcl_jax.model import DTYPES
-from sgcl_jax.pooling import POOLINGS
-from sgcl_jax.train_step import ObjectiveConfig, OptimConfig
 
+# The vocabulary of the config; the modules that implement each name import it from here (this module imports no
+# JAX, so a config validates, and a CLI answers --help, without loading it).
 SOURCES = ("stsb", "text", "tfds")
 CLASSIFIERS = ("logreg", "mlp")
+DTYPES = ("float32", "bfloat16")
+POOLINGS = ("cls", "mean", "max")
+OBJECTIVES = ("sg_opt", "sg", "opt1", "opt2")
 
 
 class ConfigError(ValueError):
@@ -33,6 +35,41 @@ class ConfigError(ValueError):
 def _require(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config: {field}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW + warmup/linear decay + global-norm clipping; the defaults are SG-BERT's."""
+
+    lr: float = 5e-5
+    b1: float = 0.9
+    b2: float = 0.9
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    clip_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = {"lr": self.lr > 0, "b1": 0 <= self.b1 < 1, "b2": 0 <= self.b2 < 1, "eps": self.eps > 0,
+                  "weight_decay": self.weight_decay >= 0, "warmup_ratio": 0 <= self.warmup_ratio <= 1,
+                  "clip_norm": self.clip_norm > 0}
+        for name, ok in checks.items():
+            _require(ok, f"optim.{name}", f"{getattr(self, name)} is out of range "
+                     "(lr, eps, clip_norm > 0; b1, b2 in [0, 1); warmup_ratio in [0, 1])")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Which loss, its temperature and the regulariser's weight."""
+
+    name: str = "sg_opt"
+    tau: float = 0.01
+    lam: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.name in OBJECTIVES, "objective.name", f"{self.name!r}: choose from {OBJECTIVES}")
+        _require(self.tau > 0, "objective.tau", f"{self.tau}: must be > 0")
+        _require(self.lam >= 0, "objective.lam", f"{self.lam}: must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +90,7 @@ class ModelConfig:
     head_dim: int = 4096
 
     def __post_init__(self) -> None:
-        _require(self.dtype in DTYPES, "model.dtype", f"{self.dtype!r}: choose from {tuple(DTYPES)}")
+        _require(self.dtype in DTYPES, "model.dtype", f"{self.dtype!r}: choose from {DTYPES}")
         _require(2 <= self.max_length <= 4096, "model.max_length", f"{self.max_length}: must be in 2..4096")
         _require(self.head_dim > 0, "model.head_dim", f"{self.head_dim}: must be > 0")
         _require(self.pooling in POOLINGS, "model.pooling", f"{self.pooling!r}: choose from {POOLINGS}")
@@ -144,7 +181,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _require(self.pooling in POOLINGS, "eval.pooling", f"{self.pooling!r}: choose from {POOLINGS}")
-        _require(self.dtype in DTYPES, "eval.dtype", f"{self.dtype!r}: choose from {tuple(DTYPES)}")
+        _require(self.dtype in DTYPES, "eval.dtype", f"{self.dtype!r}: choose from {DTYPES}")
         _require(self.batch_size >= 1, "eval.batch_size", f"{self.batch_size}: must be >= 1")
         _require(self.classifier in CLASSIFIERS, "eval.classifier",
                  f"{self.classifier!r}: choose from {CLASSIFIERS}")

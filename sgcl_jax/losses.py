@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-OBJECTIVES = ("sg_opt", "sg", "opt1", "opt2")
+from sgcl_jax.config import OBJECTIVES
 
 
 def _unit(x: jax.Array) -> jax.Array:

@@ -14,7 +14,7 @@ from sgcl_jax.pooling import pool, pool_layers
 from sgcl_jax.pretrained import Pretrained, architecture, load_pretrained, random_pretrained
 
 Params = dict[str, Any]
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.DTYPES' names as JAX dtypes
 
 
 @dataclasses.dataclass(frozen=True)

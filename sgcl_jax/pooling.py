@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-POOLINGS = ("cls", "mean", "max")
+from sgcl_jax.config import POOLINGS
 
 
 def pool(hidden: jax.Array, mask: jax.Array, method: str) -> jax.Array:

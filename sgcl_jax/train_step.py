@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -14,48 +13,10 @@ import jax.numpy as jnp
 import optax
 
 from sgcl_jax import losses
+from sgcl_jax.config import ObjectiveConfig, OptimConfig
 from sgcl_jax.model import ModelSpec, Params, forward, init_trainable, regulariser
 from sgcl_jax.pretrained import abstract_params
 from sgcl_jax.sharding import Layout
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """AdamW + warmup/linear decay + global-norm clipping; the defaults are SG-BERT's."""
-
-    lr: float = 5e-5
-    b1: float = 0.9
-    b2: float = 0.9
-    eps: float = 1e-6
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    clip_norm: float = 1.0
-
-    def __post_init__(self) -> None:
-        checks = {"lr": self.lr > 0, "b1": 0 <= self.b1 < 1, "b2": 0 <= self.b2 < 1, "eps": self.eps > 0,
-                  "weight_decay": self.weight_decay >= 0, "warmup_ratio": 0 <= self.warmup_ratio <= 1,
-                  "clip_norm": self.clip_norm > 0}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"optim.{name}: {getattr(self, name)} is out of range "
-                                 "(lr, eps, clip_norm > 0; b1, b2 in [0, 1); warmup_ratio in [0, 1])")
-
-
-@dataclasses.dataclass(frozen=True)
-class ObjectiveConfig:
-    """Which loss, its temperature and the regulariser's weight."""
-
-    name: str = "sg_opt"
-    tau: float = 0.01
-    lam: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.name not in losses.OBJECTIVES:
-            raise ValueError(f"objective.name: {self.name!r}: choose from {losses.OBJECTIVES}")
-        if not self.tau > 0:
-            raise ValueError(f"objective.tau: {self.tau}: must be > 0")
-        if not self.lam >= 0:
-            raise ValueError(f"objective.lam: {self.lam}: must be >= 0")
 
 
 @flax.struct.dataclass

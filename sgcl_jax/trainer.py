@@ -354,10 +354,17 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
     results["training"]["wall_seconds"] = round(seconds_before + time.perf_counter() - started, 1)
     if proc0:
         write_json(results, workdir / runs.RESULTS)
-        print(evaluate.format_table(results, f"seed {cfg.seed}, best dev step {run.best_step}"))
-        if "last" in results:
-            print(f"last checkpoint (step {step}): {evaluate.format_average(results['last']['average'])}")
+        print_results(results)
     return results
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """One seed's results table (best-on-dev checkpoint) and the last checkpoint's average."""
+    training = results.get("training", {})
+    print(evaluate.format_table(results, f"seed {training.get('seed')}, best dev step {training.get('best_step')}"))
+    if "last" in results:
+        print(f"last checkpoint (step {results['last']['step']}): "
+              f"{evaluate.format_average(results['last']['average'])}")
 
 
 class _StepTimer:
@@ -455,8 +462,10 @@ def train_and_evaluate(config: Config | ml_collections.ConfigDict | dict, workdi
     if not cfg.seeds:
         done = finished_results(cfg, workdir)
         if done is not None:
-            log.info("%s: already trained; its results.json is returned (python -m sgcl_jax.evaluate --model %s "
+            log.info("%s: already trained; its results are shown again (python -m sgcl_jax.evaluate --model %s "
                      "scores it again)", workdir, workdir)
+            if jax.process_index() == 0:
+                print_results(done)
         return done or train_one(cfg, workdir)
     per_seed = {}
     for seed in cfg.seeds:

@@ -129,3 +129,12 @@ def test_package_imports_lazily():
                        timeout=120)
     assert r.returncode == 0 and r.stdout.split() == ["False", "False"], r.stderr[-1000:]
     assert sgcl_jax.load_encoder is sgcl_jax.runs.load_encoder
+    assert {"load_encoder", "SentenceEncoder", "train_and_evaluate"} <= set(dir(sgcl_jax))  # discoverable
+
+
+def test_the_config_validates_without_jax():
+    """The config (and so every command's flag parsing and --help) loads no JAX, Flax, optax or Orbax."""
+    code = ("import sys; from sgcl_jax.config import load_config_file; load_config_file('default'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax', 'orbax')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr[-1000:])

@@ -20,8 +20,9 @@ from sgcl_jax.config import Config, ConfigError, base_config
 from sgcl_jax.trainer import RunState, summarise_seeds, train_and_evaluate
 
 
-def test_end_to_end(tmp_path, tiny_config):
+def test_end_to_end(tmp_path, tiny_config, capsys):
     res = train_and_evaluate(tiny_config(), tmp_path)
+    first = capsys.readouterr().out
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["tasks"]["STSB"]["n"] == 1379 and np.isfinite(saved["tasks"]["STSB"]["score"])
     assert saved["tasks"]["STSB"]["score"] == pytest.approx(res["tasks"]["STSB"]["score"])
@@ -44,6 +45,13 @@ def test_end_to_end(tmp_path, tiny_config):
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [20, 30]
     assert saved["last"]["step"] == 30 and np.isfinite(saved["last"]["average"]["score"])
     assert not (tmp_path / ".lock").exists()
+    # The tiny setting learns: dev rises, so a trained checkpoint is the best one.
+    assert saved["training"]["best_step"] > 0 and max(dev) > dev[0]
+    # The same command again trains nothing and shows the same results table again.
+    stamp = (tmp_path / "results.json").stat().st_mtime_ns
+    assert train_and_evaluate(tiny_config(), tmp_path) == saved
+    assert capsys.readouterr().out == first and "best dev step" in first
+    assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
 
 
 def released_fit(scores: list[float], patience: int) -> tuple[float, int, int | None]:
@@ -210,6 +218,15 @@ def test_cli_errors_are_one_line_and_touch_nothing(tmp_path, train_cmd, subproce
                         "--verbose"], capture_output=True, text=True, timeout=120, env=subprocess_env)
     assert r.returncode != 0 and "/nope.txt" in r.stderr and "Traceback" in r.stderr
     assert not workdir.exists()
+    # A mistyped field or section is one line naming it, before anything starts.
+    for flag, line in (("--config.optim.lrr=1e-3", "error: config: optim.lrr: no such field (fields of optim: "),
+                       ("--config.optimm.lr=1", "error: config: optimm.lr: no such field (fields of config: ")):
+        r = subprocess.run(train_cmd(workdir, flag), capture_output=True, text=True, timeout=120, env=subprocess_env)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert r.stderr.startswith(line) and not workdir.exists()
+    # --help: the program's description and its own flags, exit 0.
+    r = subprocess.run([*train_cmd(workdir), "--help"], capture_output=True, text=True, timeout=120, env=subprocess_env)
+    assert r.returncode == 0 and r.stdout.startswith("Trains an SG-BERT sentence encoder.") and "--workdir:" in r.stdout
 
 
 def test_text_files(tmp_path, caplog, write):
