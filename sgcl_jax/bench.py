@@ -260,7 +260,6 @@ def bench_transfer(encoder_name: str, tasks: Sequence[str], classifier: str, kfo
                    cache_dir: str | None = None, sklearn_sample: int = 0) -> dict[str, Any]:
     """Times the transfer evaluation (encoding included) and its classifier stage against the measured matmul
     rate; with `sklearn_tasks`, also the same logreg penalty-search fits run one after another with scikit-learn."""
-    from sgcl_jax import transfer
     from sgcl_jax.evaluate import Settings, evaluate
     from sgcl_jax.runs import load_encoder
 
@@ -281,25 +280,27 @@ def bench_transfer(encoder_name: str, tasks: Sequence[str], classifier: str, kfo
     row["fraction_of_matmul_rate"] = row["classifier_gflop_per_s"] / row["matmul_gflop_per_s"]
     row["result"] = result  # the scores and protocol, as evaluate writes them
     if sklearn_tasks:
-        row["sklearn"] = {t: _sklearn_race(transfer, encoder, t, kfold, seeds, senteval_dir, sklearn_sample)
+        row["sklearn"] = {t: _sklearn_race(encoder, t, kfold, seeds, senteval_dir, sklearn_sample)
                           for t in sklearn_tasks}
     return row
 
 
-def _sklearn_race(transfer: Any, encoder: Any, name: str, kfold: int, seeds: Sequence[int],
+def _sklearn_race(encoder: Any, name: str, kfold: int, seeds: Sequence[int],
                   senteval_dir: str | None, sample: int = 0) -> dict[str, Any]:
     """The logreg penalty search of one inner-k-fold task: our program (all fits at once) against scikit-learn, fit
     by fit. With `sample` > 0, scikit-learn runs a fixed random sample of that many fits and its total is
     extrapolated (a 600-fit search takes scikit-learn over half an hour on 2 cores)."""
     from sklearn.linear_model import LogisticRegression
 
-    task = transfer.load_task(name, senteval_dir)
+    from sgcl_jax import classifiers, senteval, transfer
+
+    task = senteval.load_task(name, senteval_dir)
     if task.protocol != "inner_kfold":
         raise ValueError(f"--sklearn {name}: pick an inner k-fold task (MR, CR, SUBJ, MPQA)")
     x = encoder.encode(task.splits["all"][0], batch_size=64)
     y = task.splits["all"][1]
-    _, fits, _ = transfer.inner_search(y, kfold, seeds, transfer.LOGREG_GRID["inner_kfold"])
-    _, ours, stats = transfer.run_fits("logreg", x, y, task.nclasses, fits)
+    _, fits, _ = transfer.inner_search(y, kfold, seeds, classifiers.LOGREG_GRID["inner_kfold"])
+    _, ours, stats = classifiers.run_fits("logreg", x, y, task.nclasses, fits)
     chosen = np.arange(len(fits)) if not 0 < sample < len(fits) else \
         np.sort(np.random.RandomState(0).choice(len(fits), sample, replace=False))
     t0 = time.perf_counter()

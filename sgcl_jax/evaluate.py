@@ -109,7 +109,7 @@ def protocol(encoder: SentenceEncoder, settings: Settings, names: Sequence[str])
                     "aggregation_sts12_16": settings.aggregation, "stsb_split": "test (1379 pairs)",
                     "sickr_split": "test (4927 pairs)"})
     if "transfer" in kinds:
-        out.update(transfer.protocol(settings.classifier, settings.kfold, settings.classifier_seeds))
+        out.update(transfer.transfer_protocol(settings.classifier, settings.kfold, settings.classifier_seeds))
     return out
 
 
@@ -119,7 +119,8 @@ def load_sts_tasks(names: Sequence[str], data_dir: str | os.PathLike | None, dow
     loaded, missing = {}, {}
     for task in names:
         try:
-            if download and task in sts.FOLDERS and not (sts.default_data_dir(data_dir) / sts.FOLDERS[task]).exists():
+            folder = tasks.data_folder("sts", data_dir)
+            if download and task in sts.FOLDERS and not (folder / sts.FOLDERS[task]).exists():
                 sts.download(task, data_dir)
             loaded[task] = sts.read_task(task, data_dir)
         except (sts.MissingData, urllib.error.URLError, TimeoutError, zipfile.BadZipFile) as e:
@@ -270,7 +271,7 @@ def plot_layer_grid(grid: dict[str, Any], path: str | os.PathLike) -> None:
 
 def sample_pairs(data_dir: str | os.PathLike | None, n: int = 20, seed: int = 0) -> tuple[list, list]:
     """n positive (gold 5) and n negative (gold 0) STS-B dev pairs, drawn with a fixed seed."""
-    dev = sts.read_stsb(sts.default_data_dir(data_dir) / sts.FOLDERS["STSB"], "dev")
+    dev = sts.read_stsb(tasks.data_folder("sts", data_dir) / sts.FOLDERS["STSB"], "dev")
     rng = np.random.default_rng(seed)
     picked = []
     for gold in (5.0, 0.0):

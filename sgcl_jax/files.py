@@ -21,6 +21,23 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
+def read_lines(path: str | os.PathLike, encoding: str = "utf-8") -> list[str]:
+    """A text file's lines, split on newlines only (the released data files pair line by line), without a
+    byte-order mark or carriage returns; undecodable bytes are a ValueError naming the file and line."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        label = "UTF-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+        raise ValueError(f"{path}:{line}: not {label} ({e.reason})") from None
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [x.rstrip("\r") for x in lines]
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Writes JSON through a temporary file and a rename."""
     write_text(json.dumps(obj, indent=2), path)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sgcl_jax.files import staged_dir
-from sgcl_jax.tasks import STS17_TRACKS, STS_TASKS
+from sgcl_jax.files import read_lines, staged_dir
+from sgcl_jax.tasks import STS17_TRACKS, STS_TASKS, MissingData, data_folder
 
 SUBSETS = {
     "STS12": ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"),
@@ -63,32 +63,6 @@ def distinct_sentences(subsets: list[Subset]) -> list[str]:
     return sorted({s for sub in subsets for s in (*sub.sent1, *sub.sent2)})
 
 
-class MissingData(FileNotFoundError):
-    """A task's files are not in the data folder."""
-
-
-def default_data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The explicit folder, else $SGCL_DATA_DIR, else the user cache folder."""
-    if explicit:
-        return Path(explicit).expanduser()
-    if os.environ.get("SGCL_DATA_DIR"):
-        return Path(os.environ["SGCL_DATA_DIR"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "sgcl_jax" / "sts"
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 ({e.reason})") from e
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [x.rstrip("\r") for x in lines]
-
-
 def _score(value: str, path: Path, line: int, lo: float = GOLD_RANGE[0], hi: float = GOLD_RANGE[1]) -> float:
     """A gold score: a finite number in the task's range (a nan would turn the whole task into nan)."""
     try:
@@ -117,7 +91,7 @@ def read_pair_files(inp: Path, gs: Path, name: str) -> Subset:
 
     The gold file's last line may lack its newline. Differing line counts are an error naming both files.
     """
-    pairs, golds = _lines(inp), _lines(gs)
+    pairs, golds = read_lines(inp), read_lines(gs)
     if len(pairs) != len(golds):
         raise ValueError(f"{inp} has {len(pairs)} lines but {gs} has {len(golds)}: they must pair line by line")
     s1, s2, gold = [], [], []
@@ -151,7 +125,7 @@ def _parse_table(path: Path, mtime_ns: int, size: int, header: tuple[str, ...] |
         lines = text.split("\n")
         lines = [x.rstrip("\r") for x in (lines[:-1] if lines and lines[-1] == "" else lines)]
     else:
-        lines = _lines(path)
+        lines = read_lines(path)
     start = 0
     if header is not None:
         got = lines[0].split("\t") if lines else []
@@ -204,12 +178,12 @@ def read_sick(folder: Path, split: str = "test") -> Subset:
 def read_task(task: str, data_dir: str | os.PathLike | None = None) -> list[Subset]:
     """A task's scored subsets: a built-in STS set, an STS17 track, or a folder of STS files; MissingData if absent."""
     if task in STS17_TRACKS:
-        return [read_sts17(task, default_data_dir(data_dir) / STS17_FOLDER)]
+        return [read_sts17(task, data_folder("sts", data_dir) / STS17_FOLDER)]
     if task not in TASKS:
         if Path(task).expanduser().is_dir():
             return read_sts_folder(Path(task).expanduser())
         raise ValueError(f"unknown STS task {task!r}; choose from {','.join(TASKS)}, an STS17 track or a folder")
-    folder = default_data_dir(data_dir) / FOLDERS[task]
+    folder = data_folder("sts", data_dir) / FOLDERS[task]
     if not folder.is_dir():
         raise MissingData(f"{folder}: not found")
     return read_folder(task, folder)
@@ -223,7 +197,7 @@ def read_sts17(task: str, folder: Path) -> Subset:
     if not (inp.exists() and gs.exists()):
         raise MissingData(f"{folder}: no {inp.relative_to(folder)} / {gs.relative_to(folder)} pair")
     if task == "STS17-tr-en":
-        n_in, n_gs = len(_lines(inp)), len(_lines(gs))
+        n_in, n_gs = len(read_lines(inp)), len(read_lines(gs))
         if n_in != n_gs:
             raise ValueError(f"{inp} has {n_in} lines for the {n_gs} gold scores of {gs}, and the release does not "
                              f"say which lines are scored: {task} is refused rather than guessed")
@@ -268,7 +242,7 @@ def read_folder(task: str, folder: Path) -> list[Subset]:
 
 def stsb_sentences(data_dir: str | os.PathLike | None = None) -> list[str]:
     """sentence1 and sentence2 of every STS-B row of train, dev and test (SG-BERT's unlabeled training text)."""
-    folder = default_data_dir(data_dir) / FOLDERS["STSB"]
+    folder = data_folder("sts", data_dir) / FOLDERS["STSB"]
     out: list[str] = []
     for split in ("train", "dev", "test"):
         sub = read_stsb(folder, split)
@@ -292,7 +266,7 @@ def _urls(task: str) -> list[str]:
 
 def download(task: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Fetches a task's public files into the data folder; atomic (staged, parsed, then renamed into place)."""
-    final = default_data_dir(data_dir) / FOLDERS[task]
+    final = data_folder("sts", data_dir) / FOLDERS[task]
     with staged_dir(final) as staging:
         for url in _urls(task):
             data = _fetch(url)

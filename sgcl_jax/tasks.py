@@ -3,6 +3,7 @@ any STS-format folder, and the aliases that name groups of them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +16,24 @@ STS17_TRACKS = {"STS17-ar-ar": "track1.ar-ar", "STS17-ar-en": "track2.ar-en", "S
 TRANSFER_TASKS = ("MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC")
 ALIASES = {"sts": STS_TASKS, "transfer": TRANSFER_TASKS,
            "sts17": tuple(t for t in STS17_TRACKS if t != "STS17-tr-en")}
+
+
+DATA_ENV = {"sts": "SGCL_DATA_DIR", "senteval": "SGCL_SENTEVAL_DIR"}
+
+
+def data_folder(which: str, explicit: str | os.PathLike | None = None) -> Path:
+    """The STS ("sts") or SentEval ("senteval") data folder: the explicit one, else its environment variable, else
+    for STS the user cache folder (where missing STS sets are fetched)."""
+    folder = explicit or os.environ.get(DATA_ENV[which])
+    if folder:
+        return Path(folder).expanduser()
+    if which == "senteval":
+        raise MissingData("no SentEval data folder: pass --senteval-dir (eval.senteval_dir) or set $SGCL_SENTEVAL_DIR")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sgcl_jax" / "sts"
+
+
+class MissingData(FileNotFoundError):
+    """A task's files are not in the data folder (STS or SentEval)."""
 
 
 def kind(task: str) -> str:

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sgcl_jax import checkpointing, data, evaluate, runs, sharding, sts
+from sgcl_jax import checkpointing, data, evaluate, runs, sharding, sts, tasks
 from sgcl_jax.config import Config, identity
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import write_json, write_text
@@ -153,7 +153,7 @@ def _kept_lines(path: Path, resume_step: int) -> list[str]:
 def dev_set(cfg: Config) -> sts.Subset | None:
     """STS-B dev (selects the best checkpoint), or None with a warning when the data folder lacks it."""
     try:
-        return sts.read_stsb(sts.default_data_dir(cfg.data.data_dir or None) / sts.FOLDERS["STSB"], "dev")
+        return sts.read_stsb(tasks.data_folder("sts", cfg.data.data_dir or None) / sts.FOLDERS["STSB"], "dev")
     except sts.MissingData as e:
         log.warning("no STS-B dev set (%s): training runs without model selection or early stopping", e)
         return None

@@ -40,8 +40,6 @@ def test_pipeline_bench_reports_host_rate(data_dir, capsys):
 
 def test_sklearn_race_on_a_sample_of_the_fits(tmp_path, write):
     """The transfer race: our fits and scikit-learn's on the same folds agree, and a sample is extrapolated."""
-    from sgcl_jax import transfer
-
     write(tmp_path / "MR" / "rt-polarity.pos", "".join(f"good film number {i}\n" for i in range(20)))
     write(tmp_path / "MR" / "rt-polarity.neg", "".join(f"bad film number {i}\n" for i in range(20)))
 
@@ -50,7 +48,7 @@ def test_sklearn_race_on_a_sample_of_the_fits(tmp_path, write):
             rng = np.random.RandomState(0)
             return np.stack([rng.normal(size=8) + (1.5 if s.startswith("good") else -1.5) for s in sentences])
 
-    race = bench._sklearn_race(transfer, Encoder(), "MR", 3, [1], str(tmp_path), sample=5)
+    race = bench._sklearn_race(Encoder(), "MR", 3, [1], str(tmp_path), sample=5)
     assert race["fits"] == 3 * 6 * 3 and race["sklearn_fits_timed"] == 5
     assert race["sklearn_seconds"] == pytest.approx(race["sklearn_seconds_measured"] * 54 / 5)
     assert race["max_accuracy_difference"] <= 1e-6 and race["speedup"] > 0

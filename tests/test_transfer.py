@@ -1,6 +1,6 @@
-"""SentEval transfer tasks: readers on fixtures in each real format, the vmapped classifiers against scikit-learn
-and against themselves run one at a time, SentEval's protocols against a scikit-learn transcription, and the
-evaluate CLI on the real data folder (one task, few folds)."""
+"""SentEval transfer tasks (senteval.py, classifiers.py, transfer.py): readers on fixtures in each real format,
+the vmapped classifiers against scikit-learn and against themselves run one at a time, SentEval's protocols
+against a scikit-learn transcription, and the evaluate CLI on the real data folder (one task, few folds)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from sgcl_jax import evaluate, transfer
+from sgcl_jax import classifiers, evaluate, senteval, transfer
 
 
 @pytest.fixture()
@@ -35,19 +35,19 @@ def senteval_fixture(tmp_path, write):
 
 
 def test_readers_on_each_real_format(senteval_fixture, write):
-    mr = transfer.load_task("MR", senteval_fixture)
+    mr = senteval.load_task("MR", senteval_fixture)
     texts, labels = mr.splits["all"]
     # SentEval's order: by token count, then label; pos = 1 before neg = 0 in file order otherwise.
     assert texts == ["dull", "splendid", "a fine film .", "a mess of a movie .", "well acted , moving and funny"]
     assert labels.tolist() == [0, 1, 1, 0, 1] and mr.protocol == "inner_kfold"
-    subj = transfer.load_task("SUBJ", senteval_fixture)
+    subj = senteval.load_task("SUBJ", senteval_fixture)
     assert subj.splits["all"][1].tolist() == [0, 1, 1, 0, 1]  # objective is the positive class, as in SentEval
-    sst = transfer.load_task("SST2", senteval_fixture)
+    sst = senteval.load_task("SST2", senteval_fixture)
     assert sst.splits["test"] == (["flat and dull", "it 's a charming journey"], sst.splits["test"][1])
-    trec = transfer.load_task("TREC", senteval_fixture)
+    trec = senteval.load_task("TREC", senteval_fixture)
     assert trec.splits["train"][0] == ["When was it ?", "How did the café open ?"]  # Latin-1 bytes decoded
     assert trec.splits["train"][1].tolist() == [5, 1] and trec.nclasses == 6
-    mrpc = transfer.load_task("MRPC", senteval_fixture)
+    mrpc = senteval.load_task("MRPC", senteval_fixture)
     # Sorted as SentEval sorts MRPC: by the first sentence's token count, then the second's, then the label.
     assert mrpc.splits["test"][0] == [("Stocks fell .", "It rained in Oslo today ."),
                                       ("The cat sat .", "A cat was sitting .")]
@@ -58,15 +58,15 @@ def test_readers_on_each_real_format(senteval_fixture, write):
 
     write(senteval_fixture / "SST" / "binary" / "sentiment-dev", "good\t1\nno label here\n")
     with pytest.raises(ValueError, match=r"sentiment-dev:2: expected 'sentence<TAB>0\|1'"):
-        transfer.load_task("SST2", senteval_fixture)
+        senteval.load_task("SST2", senteval_fixture)
     write(senteval_fixture / "TREC" / "TREC_10.label", "HUM:ind Who ?\nFOO:bar What ?\n")
     with pytest.raises(ValueError, match=r"TREC_10\.label:2: expected 'COARSE:fine question'"):
-        transfer.load_task("TREC", senteval_fixture)
+        senteval.load_task("TREC", senteval_fixture)
     write(senteval_fixture / "MRPC" / "msr_paraphrase_train.txt", "\ufeffQuality\ta\tb\tc\td\n1\tonly\n")
     with pytest.raises(ValueError, match=r"msr_paraphrase_train\.txt:2: expected 'label<TAB>id"):
-        transfer.load_task("MRPC", senteval_fixture)
-    with pytest.raises(transfer.MissingData, match="rt-polarity.pos"):
-        transfer.load_task("MR", senteval_fixture / "nowhere")
+        senteval.load_task("MRPC", senteval_fixture)
+    with pytest.raises(senteval.MissingData, match="rt-polarity.pos"):
+        senteval.load_task("MR", senteval_fixture / "nowhere")
 
 
 def _problem(n=240, d=10, classes=2, seed=0):
@@ -80,11 +80,11 @@ def _problem(n=240, d=10, classes=2, seed=0):
 @pytest.mark.parametrize("classes", [2, 4])
 def test_logreg_equals_sklearn(classes):
     x, y = _problem(classes=classes)
-    fits = transfer.Fits([], [], [], [])
+    fits = classifiers.Fits([], [], [], [])
     cs = (0.25, 2.0, 8.0)
     for c in cs:
         fits.add(np.arange(180), np.arange(180, 240), c, 1)
-    params, val, _ = transfer.run_fits("logreg", x, y, classes, fits)
+    params, val, _ = classifiers.run_fits("logreg", x, y, classes, fits)
     for c, p, acc in zip(cs, params, val, strict=True):
         sk = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x[:180], y[:180])
         coef = sk.coef_.T if classes > 2 else sk.coef_[0][:, None]
@@ -99,8 +99,8 @@ def test_logreg_reaches_sklearn_objective_on_ill_conditioned_features():
     basis = rng.standard_normal((5, 40))
     x = (rng.standard_normal((400, 5)) @ basis + 0.01 * rng.standard_normal((400, 40))).astype(np.float32)
     y = (x[:, 0] + 0.5 * rng.standard_normal(400) > 0).astype(np.int32)
-    fits = transfer.Fits([np.arange(400)], [np.arange(0)], [8.0], [1])
-    (p,), _, _ = transfer.run_fits("logreg", x, y, 2, fits)
+    fits = classifiers.Fits([np.arange(400)], [np.arange(0)], [8.0], [1])
+    (p,), _, _ = classifiers.run_fits("logreg", x, y, 2, fits)
     sk = LogisticRegression(C=8.0, tol=1e-10, max_iter=100_000).fit(x.astype(np.float64), y)
 
     def objective(w, b):
@@ -113,15 +113,15 @@ def test_logreg_reaches_sklearn_objective_on_ill_conditioned_features():
 
 def test_vmapped_fits_equal_the_same_fits_one_at_a_time():
     x, y = _problem(n=300)
-    fits = transfer.Fits([], [], [], [])
+    fits = classifiers.Fits([], [], [], [])
     rng = np.random.default_rng(1)
     for reg in (1e-5, 1e-3, 1e-2):
         rows = rng.permutation(300)
         fits.add(np.sort(rows[:200]), np.sort(rows[200:260]), reg, 1111)
-    together, val_together, _ = transfer.run_fits("mlp", x, y, 2, fits)
+    together, val_together, _ = classifiers.run_fits("mlp", x, y, 2, fits)
     for i in range(len(fits)):
-        alone = transfer.Fits([fits.train[i]], [fits.val[i]], [fits.reg[i]], [fits.seed[i]])
-        params, val, _ = transfer.run_fits("mlp", x, y, 2, alone)
+        alone = classifiers.Fits([fits.train[i]], [fits.val[i]], [fits.reg[i]], [fits.seed[i]])
+        params, val, _ = classifiers.run_fits("mlp", x, y, 2, alone)
         assert val[0] == val_together[i]
         for k in params[0]:
             np.testing.assert_allclose(params[0][k], together[i][k], rtol=1e-4, atol=1e-5)
@@ -147,7 +147,7 @@ def senteval_inner_kfold_logreg(x, y, k):
 
 def test_inner_kfold_protocol_matches_sklearn_transcription():
     x, y = _problem(n=160, d=6, seed=3)
-    task = transfer.TransferTask("toy", "inner_kfold", 2, {"all": ([str(i) for i in range(160)], y)})
+    task = senteval.TransferTask("toy", "inner_kfold", 2, {"all": ([str(i) for i in range(160)], y)})
     out, stats = transfer.cross_validate(task, {"all": x}, "logreg", 3, [1111])
     dev, test = senteval_inner_kfold_logreg(x, y, 3)
     assert out["score"] == pytest.approx(test, abs=1e-3) and out["dev"] == pytest.approx(dev, abs=1e-3)
@@ -161,7 +161,7 @@ def test_inner_kfold_protocol_matches_sklearn_transcription():
 def test_kfold_protocol_reports_accuracy_and_f1_per_seed():
     x, y = _problem(n=200, d=6, seed=4)
     xt, yt = _problem(n=60, d=6, seed=5)
-    task = transfer.TransferTask("pairs", "kfold", 2, {"train": ([""] * 200, y), "test": ([""] * 60, yt)})
+    task = senteval.TransferTask("pairs", "kfold", 2, {"train": ([""] * 200, y), "test": ([""] * 60, yt)})
     out, stats = transfer.cross_validate(task, {"train": x, "test": xt}, "mlp", 3, [1, 2])
     assert set(out["per_seed"]) == {"1", "2"} and 0 <= out["f1"] <= 100 and out["metric"] == "accuracy"
     assert out["std"] == pytest.approx(np.std(list(out["per_seed"].values()), ddof=1))
