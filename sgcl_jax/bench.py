@@ -222,8 +222,8 @@ def bench_eval(model: str, dtype: str, data_dir: str | None, tokenizer: str = "m
     from sgcl_jax import sts
     from sgcl_jax.bert import Bert
     from sgcl_jax.encoder import embed_fn, run_sorted
-    from sgcl_jax.evaluate import load_sts_tasks
     from sgcl_jax.pretrained import load_tokenizer, resolve
+    from sgcl_jax.scoring import load_sts_tasks
 
     cfg = SHAPES[model]
     tok = load_tokenizer(resolve(tokenizer))
@@ -260,8 +260,8 @@ def bench_transfer(encoder_name: str, tasks: Sequence[str], classifier: str, kfo
                    cache_dir: str | None = None, sklearn_sample: int = 0) -> dict[str, Any]:
     """Times the transfer evaluation (encoding included) and its classifier stage against the measured matmul
     rate; with `sklearn_tasks`, also the same logreg penalty-search fits run one after another with scikit-learn."""
-    from sgcl_jax.evaluate import Settings, evaluate
     from sgcl_jax.runs import load_encoder
+    from sgcl_jax.scoring import Settings, evaluate
 
     rate = matmul_rate()
     encoder = load_encoder(encoder_name, pooling=pooling)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sgcl_jax import evaluate, paper, tasks
+from sgcl_jax import paper, scoring, tasks
 from sgcl_jax.config import Config, ConfigError
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import read_json, write_json, write_text
@@ -165,7 +165,7 @@ def run_experiment(name: str, base: Config, found: Sequence[Variant], workdir: s
         baselines = {p: untrained(configs[0], p, workdir) for p in UNTRAINED_POOLINGS}
     table = build_table(name, found, summaries, seeds, baselines)
     write_json(table, workdir / f"{name}.json")
-    text = format_table(table)
+    text = format_study(table)
     write_text(text + "\n", workdir / f"{name}.md")
     print(text)
     return table
@@ -175,7 +175,7 @@ def untrained(cfg: Config, pooling: str, workdir: Path) -> dict[str, Any]:
     """The untrained base model under one pooling, on the config's final tasks and STS-B dev (cached in workdir)."""
     path = workdir / f"untrained_{pooling}.json"
     wanted = {"model": cfg.model.name, "pooling": pooling, "tasks": list(tasks.expand(cfg.eval.final_tasks)),
-              "settings": dataclasses.asdict(evaluate.Settings.from_config(cfg))}
+              "settings": dataclasses.asdict(scoring.Settings.from_config(cfg))}
     if path.is_file():
         cached = read_json(path)
         if {k: cached.get(k) for k in wanted} == wanted:
@@ -183,9 +183,9 @@ def untrained(cfg: Config, pooling: str, workdir: Path) -> dict[str, Any]:
     guide = load_guide(cfg.model)
     enc = SentenceEncoder(guide.config, guide.params, guide.tokenizer, cfg.model.max_length, cfg.eval.dtype, pooling,
                           source=f"{cfg.model.name} (untrained)")
-    result = evaluate.evaluate(enc, cfg.eval.final_tasks, settings=evaluate.Settings.from_config(cfg))
+    result = scoring.evaluate(enc, cfg.eval.final_tasks, settings=scoring.Settings.from_config(cfg))
     dev = dev_set(cfg)
-    dev_score = None if dev is None else evaluate.score_sts(enc, {"dev": [dev]}, batch_size=cfg.eval.batch_size,
+    dev_score = None if dev is None else scoring.score_sts(enc, {"dev": [dev]}, batch_size=cfg.eval.batch_size,
                                                             progress=False)["dev"]["score"]
     out = {**wanted, "dev": dev_score, "tasks_scores": {t: r["score"] for t, r in result["tasks"].items()},
            "protocol": result["protocol"]}
@@ -303,7 +303,7 @@ def _minutes(seconds: Sequence[float | None]) -> str:
     return "-" if not known else f"{np.mean(known) / 60:.1f}"
 
 
-def format_table(table: dict[str, Any]) -> str:
+def format_study(table: dict[str, Any]) -> str:
     """The experiment as Markdown: the variants table, then the experiment's own comparison (signs, drops, the
     recipe's selection, the paper's transfer rows)."""
     name, task_names, rows = table["experiment"], table["tasks"], table["rows"]

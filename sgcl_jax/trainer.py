@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sgcl_jax import checkpointing, data, evaluate, runs, sharding, sts, tasks
+from sgcl_jax import checkpointing, data, runs, scoring, sharding, sts, tasks
 from sgcl_jax.config import Config, identity
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import write_json, write_text
@@ -253,7 +253,7 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
                                cfg.eval.dtype, cfg.eval.pooling, source=label)
 
     def dev_eval(step: int, trainable: Any, counts: bool) -> None:
-        score = evaluate.score_sts(sentence_encoder(trainable), {"dev": [dev]}, batch_size=cfg.eval.batch_size,
+        score = scoring.score_sts(sentence_encoder(trainable), {"dev": [dev]}, batch_size=cfg.eval.batch_size,
                                    progress=False, finite=False)["dev"]["score"]
         if run.record_dev(step, score, cfg.train.patience, counts) and step > 0:
             ckpt.save_best(step, state.params, {"step": step, "dev_score": score, "identity": run_identity})
@@ -328,8 +328,8 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
 
     # -- final evaluation of the best-on-dev model (and the last state) on every configured task
     def score(trainable: Any, label: str) -> dict[str, Any]:
-        return evaluate.evaluate(sentence_encoder(trainable, f"{workdir} ({label})"), cfg.eval.final_tasks,
-                                 settings=evaluate.Settings.from_config(cfg, workdir))
+        return scoring.evaluate(sentence_encoder(trainable, f"{workdir} ({label})"), cfg.eval.final_tasks,
+                                 settings=scoring.Settings.from_config(cfg, workdir))
 
     if run.best_step is None or run.best_step == step:
         best, label = state.params, f"step {step}"
@@ -361,10 +361,10 @@ def _train_locked(cfg: Config, workdir: Path, guide_model: Any, spec: ModelSpec,
 def print_results(results: dict[str, Any]) -> None:
     """One seed's results table (best-on-dev checkpoint) and the last checkpoint's average."""
     training = results.get("training", {})
-    print(evaluate.format_table(results, f"seed {training.get('seed')}, best dev step {training.get('best_step')}"))
+    print(scoring.format_table(results, f"seed {training.get('seed')}, best dev step {training.get('best_step')}"))
     if "last" in results:
         print(f"last checkpoint (step {results['last']['step']}): "
-              f"{evaluate.format_average(results['last']['average'])}")
+              f"{scoring.format_average(results['last']['average'])}")
 
 
 class _StepTimer:
@@ -402,7 +402,7 @@ class _StepTimer:
 def add_last(results: dict[str, Any], workdir: Path, cfg: Config) -> dict[str, Any]:
     """Adds the last checkpoint's scores to a finished seed that was trained without eval.also_last."""
     enc = runs.load_run(workdir, "latest").encoder()
-    last = evaluate.evaluate(enc, cfg.eval.final_tasks, settings=evaluate.Settings.from_config(cfg, workdir))
+    last = scoring.evaluate(enc, cfg.eval.final_tasks, settings=scoring.Settings.from_config(cfg, workdir))
     results["last"] = {"step": results["training"]["step"], "tasks": last["tasks"], "average": last["average"]}
     if jax.process_index() == 0:
         write_json(results, workdir / runs.RESULTS)
@@ -478,7 +478,7 @@ def train_and_evaluate(config: Config | ml_collections.ConfigDict | dict, workdi
     if jax.process_index() == 0:
         write_json(cfg.to_dict(), workdir / runs.CONFIG)
         write_json(summary, workdir / runs.RESULTS)
-        print(evaluate.format_table(summary, f"{len(cfg.seeds)} seeds, best-on-dev checkpoints: mean +- std"))
+        print(scoring.format_table(summary, f"{len(cfg.seeds)} seeds, best-on-dev checkpoints: mean +- std"))
         if "last" in summary:
-            print(evaluate.format_table({**summary, **summary["last"]}, "the same seeds, last checkpoints"))
+            print(scoring.format_table({**summary, **summary["last"]}, "the same seeds, last checkpoints"))
     return summary

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sgcl_jax import evaluate as ev
+from sgcl_jax import pictures, scoring
 from sgcl_jax.encoder import SentenceEncoder
 
 
@@ -37,18 +38,18 @@ def test_aggregations_differ_and_match_definitions():
         "mean": np.mean(spear),
         "wmean": np.dot(spear, [10, 40, 25]) / 75,
     }
-    got = {a: ev.aggregate(preds, golds, "spearman", a) for a in ev.AGGREGATIONS}
-    for a in ev.AGGREGATIONS:
+    got = {a: scoring.aggregate(preds, golds, "spearman", a) for a in scoring.AGGREGATIONS}
+    for a in scoring.AGGREGATIONS:
         assert got[a] == pytest.approx(want[a], abs=1e-9), a
     assert min(abs(got["all"] - got["mean"]), abs(got["mean"] - got["wmean"]), abs(got["all"] - got["wmean"])) > 1
-    assert ev.aggregate(preds, golds, "pearson", "all") == pytest.approx(
+    assert scoring.aggregate(preds, golds, "pearson", "all") == pytest.approx(
         _pearson(np.concatenate(preds), np.concatenate(golds)))
 
 
 @pytest.mark.slow
 def test_minilm_cls_gate(minilm, data_dir):
     enc = SentenceEncoder(minilm.config, minilm.params, minilm.tokenizer, pooling="cls")
-    res = ev.evaluate(enc, ["STSB"], ev.Settings(data_dir=str(data_dir)))
+    res = scoring.evaluate(enc, ["STSB"], scoring.Settings(data_dir=str(data_dir)))
     assert res["tasks"]["STSB"]["n"] == 1379
     assert res["tasks"]["STSB"]["score"] == pytest.approx(73.50, abs=0.05)
     assert res["protocol"]["pooling"] == "cls" and res["protocol"]["aggregation_sts12_16"] == "all"
@@ -74,7 +75,7 @@ def test_cli_mean_gate_and_json_shape(mixed_data, tmp_path, capsys):
     assert set(res) >= {"protocol", "tasks", "average", "missing"}
     assert res["tasks"]["STSB"]["score"] == pytest.approx(82.03, abs=0.05)
     assert res["tasks"]["STS16"]["n"] == 20 and res["tasks"]["SICKR"]["n"] == 7
-    assert set(res["tasks"]["STS16"]["subsets"]) == set(ev.sts.SUBSETS["STS16"])
+    assert set(res["tasks"]["STS16"]["subsets"]) == set(scoring.sts.SUBSETS["STS16"])
     assert "STS12" in res["missing"]
     assert res["average"]["score"] == pytest.approx(np.mean([t["score"] for t in res["tasks"].values()]))
     assert res["average"]["tasks"] == ["STSB", "STS16", "SICKR"] and res["average"]["complete"] is False
@@ -87,14 +88,14 @@ def test_cli_mean_gate_and_json_shape(mixed_data, tmp_path, capsys):
 @pytest.mark.slow
 def test_layer_grid_writes_table_and_png(minilm, data_dir, tmp_path):
     enc = SentenceEncoder(minilm.config, minilm.params, minilm.tokenizer)
-    grid = ev.layer_grid(enc, data_dir)
+    grid = pictures.layer_grid(enc, data_dir)
     scores = np.array(grid["scores"])
     assert scores.shape == (minilm.config.num_hidden_layers + 1, 3)
     # Layer 0's [CLS] is the same vector for every sentence: no correlation is defined there.
     assert np.isnan(scores[0, 0]) and np.isfinite(scores[1:]).all() and np.isfinite(scores[:, 1:]).all()
     # The last-layer cells equal the PyTorch/transformers numbers measured for this model.
     assert scores[-1, 0] == pytest.approx(73.50, abs=0.05) and scores[-1, 1] == pytest.approx(82.03, abs=0.05)
-    ev.plot_layer_grid(grid, tmp_path / "grid.png")
+    pictures.plot_layer_grid(grid, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -111,5 +112,5 @@ def test_plot_pairs_writes_the_picture_and_the_cosines(tmp_path, data_dir, capsy
     assert len(rows) == 2 and rows[0] == rows[1]  # the same model twice: the same numbers
     assert rows[0]["positive_cosine"] > rows[0]["negative_cosine"]
     assert "mean cosine of positive pairs" in capsys.readouterr().out
-    positives, negatives = ev.sample_pairs(data_dir, 20, 0)
-    assert len(positives) == len(negatives) == 20 and positives == ev.sample_pairs(data_dir, 20, 0)[0]
+    positives, negatives = pictures.sample_pairs(data_dir, 20, 0)
+    assert len(positives) == len(negatives) == 20 and positives == pictures.sample_pairs(data_dir, 20, 0)[0]

@@ -135,7 +135,7 @@ def test_seed_aggregation_and_the_sign_table():
         assert row["delta"]["outside_2se"] == (abs(avg.mean() - ref_avg.mean()) > 2 * se)
     assert table["rows"][1]["delta"]["outside_2se"] and not table["rows"][2]["delta"]["outside_2se"]
     assert table["rows"][1]["dev"]["mean"] == pytest.approx(77.0) and table["rows"][1]["best_steps"] == [50, 100, 150]
-    text = study.format_table(table)
+    text = study.format_study(table)
     # OPT2: the paper's change is negative, ours positive and outside 2 SE; lambda-0: inside 2 SE.
     assert "| OPT2 | -1.48 | +" in text and "| no | yes |" in text and "| lambda-0 | -0.86 |" in text
     assert "| 1.0 |" not in text and "min/seed" in text

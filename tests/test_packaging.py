@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import sgcl_jax
-from sgcl_jax import evaluate, sts
+from sgcl_jax import scoring, sts
 from sgcl_jax.encoder import SentenceEncoder
 
 
@@ -79,7 +79,7 @@ def test_a_sentence_transformers_evaluator_runs_our_encoder(minilm, data_dir, mo
                                              batch_size=64)  # our default: the programs compiled for the other tests
     enc = SentenceEncoder(minilm.config, minilm.params, minilm.tokenizer, source="minilm")
     metrics = evaluator(enc)
-    ours = evaluate.score_sts(enc, {"dev": [sts.Subset("dev", dev.sent1[pairs], dev.sent2[pairs],
+    ours = scoring.score_sts(enc, {"dev": [sts.Subset("dev", dev.sent1[pairs], dev.sent2[pairs],
                                                         dev.gold[pairs])]})["dev"]["score"]
     assert metrics["stsb-dev_spearman_cosine"] == pytest.approx(ours / 100, abs=1e-4)
 

@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from sgcl_jax import evaluate, sts, tasks
+from sgcl_jax import scoring, sts, tasks
 
 COUNTS = {"STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STSB": 1379}
 
@@ -119,7 +119,7 @@ def test_sts17_tracks_and_the_refused_track_6(data_dir):
         sts.read_task("STS17-tr-en", data_dir)
     assert tasks.expand(["sts17"]) == ("STS17-ar-ar", "STS17-ar-en", "STS17-es-es", "STS17-es-en",
                                        "STS17-es-en-wmt", "STS17-en-en")
-    auto = evaluate.Settings()
+    auto = scoring.Settings()
     assert auto.sts_metric("STS17-en-en") == "pearson" and auto.sts_metric("STSB") == "spearman"
 
 
