@@ -34,6 +34,8 @@ _VARIANT = flags.DEFINE_multi_string("variant", [], "A variant of your own: 'nam
                                      "'tau-0.05:objective.tau=0.05'.")
 _NLI = flags.DEFINE_string("nli_file", None, "The NLI training text (domain, transfer); default: $SGCL_NLI_TEXT, "
                            "else the shared SNLI sentences next to the checkout.")
+_REPORT = flags.DEFINE_bool("report", False, "Train nothing: print the table of the seeds already finished (while a "
+                            "study runs elsewhere, or to re-make its table).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of an error.")
 flags.mark_flags_as_required(["config", "workdir"])
 # Spellings of the previous release, answered with their replacement for one release.
@@ -54,7 +56,7 @@ def main(argv: Sequence[str]) -> None:
             seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [base.seed]
         except ValueError:
             raise ValueError(f"--seeds {','.join(_SEEDS.value)}: expected integers, e.g. 1,2,3") from None
-        study.run_experiment(argv[1], base, found, _WORKDIR.value, seeds)
+        study.run_experiment(argv[1], base, found, _WORKDIR.value, seeds, train=not _REPORT.value)
     except Stopped as e:
         sys.exit(cli.stopped(e))
     except cli.USER_ERRORS as e:

@@ -29,7 +29,7 @@ from sgcl_jax.config import Config, ConfigError
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import read_json, write_json, write_text
 from sgcl_jax.model import load_guide
-from sgcl_jax.trainer import dev_set, train_and_evaluate
+from sgcl_jax.trainer import dev_set, finished_results, summarise_seeds, train_and_evaluate
 
 log = logging.getLogger(__name__)
 EXPERIMENTS = ("ablation", "domain", "recipe", "transfer")
@@ -149,8 +149,9 @@ def variant_configs(base: Config, found: Sequence[Variant], seeds: Sequence[int]
 
 
 def run_experiment(name: str, base: Config, found: Sequence[Variant], workdir: str | Path,
-                   seeds: Sequence[int]) -> dict[str, Any]:
-    """Trains (or resumes, or skips when finished) every variant's seeds, then builds, prints and saves the table."""
+                   seeds: Sequence[int], train: bool = True) -> dict[str, Any]:
+    """Trains (or resumes, or skips when finished) every variant's seeds, then builds, prints and saves the table.
+    With `train=False`, only reports: the table of the seeds already finished (a variant with none is left out)."""
     workdir = Path(workdir)
     configs = variant_configs(base, found, seeds)
     names = [v.name for v in found]
@@ -158,12 +159,21 @@ def run_experiment(name: str, base: Config, found: Sequence[Variant], workdir: s
         raise ValueError(f"variant names must differ: {names}")
     summaries = {}
     for v, cfg in zip(found, configs, strict=True):
-        log.info("experiment %s: variant %s (%s)", name, v.name, v.overrides or "the base config")
-        summaries[v.name] = train_and_evaluate(cfg, workdir / slug(v.name))
+        if train:
+            log.info("experiment %s: variant %s (%s)", name, v.name, v.overrides or "the base config")
+            summaries[v.name] = train_and_evaluate(cfg, workdir / slug(v.name))
+            continue
+        done = {s: r for s in seeds
+                if (r := finished_results(cfg.replace(seed=s, seeds=()), workdir / slug(v.name) / f"seed_{s}"))}
+        if done:
+            summaries[v.name] = summarise_seeds(done)
+    found = [v for v in found if v.name in summaries]
+    if not found:
+        raise ValueError(f"{workdir}: no finished seed of any variant to report")
     baselines = {}
     if name in ("recipe", "transfer"):
         baselines = {p: untrained(configs[0], p, workdir) for p in UNTRAINED_POOLINGS}
-    table = build_table(name, found, summaries, seeds, baselines)
+    table = build_table(name, found, summaries, baselines)
     write_json(table, workdir / f"{name}.json")
     text = format_study(table)
     write_text(text + "\n", workdir / f"{name}.md")
@@ -208,7 +218,7 @@ def _per_seed_average(results: dict[str, Any], seeds: Sequence[int], task_names:
     return [float(np.mean([results["tasks"][t]["per_seed"][str(s)] for t in task_names])) for s in seeds]
 
 
-def build_table(name: str, found: Sequence[Variant], summaries: dict[str, dict[str, Any]], seeds: Sequence[int],
+def build_table(name: str, found: Sequence[Variant], summaries: dict[str, dict[str, Any]],
                 baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Rows in the paper's layout, each over seeds: per-task scores, the task average (best-on-dev and last
     checkpoint), its change against the first variant with the standard error of that change, the dev score,
@@ -218,8 +228,9 @@ def build_table(name: str, found: Sequence[Variant], summaries: dict[str, dict[s
     rows = []
     for v in found:
         s = summaries[v.name]
+        seeds = _seeds(s)
         training = [s["per_seed"][str(seed)] for seed in seeds]
-        row = {"name": v.name, "overrides": v.overrides, "note": v.note,
+        row = {"name": v.name, "overrides": v.overrides, "note": v.note, "seeds": seeds,
                "tasks": {t: {"score": s["tasks"][t]["score"], "std": s["tasks"][t].get("std")} for t in task_names},
                "best": _spread(_per_seed_average(s, seeds, task_names)),
                "last": _spread(_per_seed_average(s["last"], seeds, task_names)) if "last" in s else None,
@@ -233,7 +244,8 @@ def build_table(name: str, found: Sequence[Variant], summaries: dict[str, dict[s
     for row in rows:
         row["delta"] = _delta(row["best"], ref["best"])
         row["last_delta"] = _delta(row["last"], ref["last"]) if row["last"] and ref["last"] else None
-    table = {"experiment": name, "seeds": list(seeds), "reference": ref["name"], "tasks": task_names, "rows": rows,
+    seeds = sorted({seed for r in rows for seed in r["seeds"]})
+    table = {"experiment": name, "seeds": seeds, "reference": ref["name"], "tasks": task_names, "rows": rows,
              "protocol": first["protocol"], "missing": first.get("missing", {}), "paper_source": paper.source()}
     if baselines:
         table["untrained"] = {
@@ -242,18 +254,23 @@ def build_table(name: str, found: Sequence[Variant], summaries: dict[str, dict[s
     if name == "recipe":
         table["selection"] = _selection(table)
     if name == "domain" and len(rows) > 1:
-        table["drop"] = {"STSB": _delta(_task_spread(summaries[rows[0]["name"]], "STSB", seeds),
-                                        _task_spread(summaries[rows[1]["name"]], "STSB", seeds)),
+        table["drop"] = {"STSB": _delta(_task_spread(summaries[rows[0]["name"]], "STSB"),
+                                        _task_spread(summaries[rows[1]["name"]], "STSB")),
                          "average": _delta(rows[0]["best"], rows[1]["best"]), "paper": paper.domain_drop()}
     if name == "transfer":
         table["paper_rows"] = paper.transfer_rows("bert-base")
     return table
 
 
-def _task_spread(summary: dict[str, Any], task: str, seeds: Sequence[int]) -> dict[str, Any]:
+def _seeds(summary: dict[str, Any]) -> list[int]:
+    """The seeds a variant's summary covers."""
+    return [int(s) for s in summary["per_seed"]]
+
+
+def _task_spread(summary: dict[str, Any], task: str) -> dict[str, Any]:
     if task not in summary["tasks"]:
         return _spread([])
-    return _spread([summary["tasks"][task]["per_seed"][str(s)] for s in seeds])
+    return _spread([summary["tasks"][task]["per_seed"][str(s)] for s in _seeds(summary)])
 
 
 def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
@@ -307,16 +324,16 @@ def format_study(table: dict[str, Any]) -> str:
     """The experiment as Markdown: the variants table, then the experiment's own comparison (signs, drops, the
     recipe's selection, the paper's transfer rows)."""
     name, task_names, rows = table["experiment"], table["tasks"], table["rows"]
-    n = len(table["seeds"])
     ablation = name == "ablation"
-    head = ["variant", *task_names, "avg (best)", "avg (last)", "delta", "dev", "best steps", "min/seed"]
+    head = ["variant", "n", *task_names, "avg (best)", "avg (last)", "delta", "dev", "best steps", "min/seed"]
     if ablation:
-        head[len(task_names) + 4:len(task_names) + 4] = ["paper avg", "paper delta"]
-    lines = [f"{name}: scores x100, best-on-dev checkpoint, mean +- std over seeds {table['seeds']} (n={n}); "
+        head[len(task_names) + 5:len(task_names) + 5] = ["paper avg", "paper delta"]
+    lines = [f"{name}: scores x100, best-on-dev checkpoint, mean +- std over each variant's seeds (n); "
              f"delta against {table['reference']}; dev = STS-B dev Spearman (selects the checkpoint)",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["name"], *(_cell(r["tasks"][t]["score"], r["tasks"][t]["std"]) for t in task_names),
+        cells = [r["name"], str(len(r["seeds"])), *(_cell(r["tasks"][t]["score"], r["tasks"][t]["std"])
+                                                      for t in task_names),
                  _pm(r["best"]), _pm(r["last"]), "-" if r is rows[0] else _signed(r["delta"])]
         if ablation:
             p = r.get("paper")
@@ -324,7 +341,7 @@ def format_study(table: dict[str, Any]) -> str:
         cells += [_pm(r["dev"]), ",".join(str(s) for s in r["best_steps"]), _minutes(r["wall_seconds"])]
         lines.append("| " + " | ".join(cells) + " |")
     for pooling, u in table.get("untrained", {}).items():
-        cells = [f"untrained ({pooling})", *(f"{u['tasks'][t]:.2f}" for t in task_names), f"{u['average']:.2f}",
+        cells = [f"untrained ({pooling})", "-", *(f"{u['tasks'][t]:.2f}" for t in task_names), f"{u['average']:.2f}",
                  "-", "-", "-" if u["dev"] is None else f"{u['dev']:.2f}", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

@@ -49,6 +49,12 @@ def test_two_variants_build_the_table_and_a_rerun_skips_them(tmp_path, tiny_conf
     assert [r["best"] for r in again["rows"]] == [r["best"] for r in table["rows"]]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # An interrupted study reports what is finished: a seed not yet trained is left out, not trained.
+    report = run_experiment("ablation", base, variants, tmp_path, seeds=[1, 2], train=False)
+    assert [r["seeds"] for r in report["rows"]] == [[1]] * 3 and not (tmp_path / "ref" / "seed_2").exists()
+    assert [r["best"] for r in report["rows"]] == [r["best"] for r in table["rows"]]
+    assert "| ref | 1 |" in (tmp_path / "ablation.md").read_text()
+
 
 def test_unknown_or_invalid_overrides_are_refused_before_anything_runs(tmp_path, repo_root, tiny_config, capsys):
     with pytest.raises(ConfigError, match="variant 'bad'.*model.nope"):
@@ -122,7 +128,7 @@ def test_seed_aggregation_and_the_sign_table():
     near, near_per = summary(70.1, 0.3)
     found = [Variant("SG-OPT", {}), Variant("OPT2", {"objective.name": "opt2"}), Variant("lambda-0",
                                                                                          {"objective.lam": 0.0})]
-    table = study.build_table("ablation", found, {"SG-OPT": ref, "OPT2": far, "lambda-0": near}, seeds)
+    table = study.build_table("ablation", found, {"SG-OPT": ref, "OPT2": far, "lambda-0": near})
     for row, per in zip(table["rows"], (ref_per, far_per, near_per), strict=True):
         avg = (per["STSB"] + per["SICKR"]) / 2
         assert row["best"]["mean"] == pytest.approx(avg.mean()) and row["best"]["std"] == pytest.approx(avg.std(ddof=1))
