@@ -26,6 +26,7 @@ from typing import Any
 import jax
 
 from sgcl_jax import checkpointing
+from sgcl_jax.bookkeeping import METRICS  # noqa: F401 - part of the run-folder layout named here
 from sgcl_jax.config import Config, ConfigError, identity
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import read_json
@@ -34,7 +35,7 @@ from sgcl_jax.pretrained import Pretrained, load_pretrained
 from sgcl_jax.train_step import create_train_state, make_optimizer
 
 log = logging.getLogger(__name__)
-CONFIG, RESULTS, METRICS, LOCK = "config.json", "results.json", "metrics.jsonl", ".lock"
+CONFIG, RESULTS, LOCK = "config.json", "results.json", ".lock"
 IDENTITY = "identity.json"  # the run's identity, written with config.json before anything else of the run
 
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from sgcl_jax import data
+from sgcl_jax.bookkeeping import RunState
 from sgcl_jax.checkpointing import Checkpoints
 from sgcl_jax.config import Config, ConfigError, base_config
-from sgcl_jax.trainer import RunState, summarise_seeds, train_and_evaluate
+from sgcl_jax.trainer import summarise_seeds, train_and_evaluate
 
 
 def test_end_to_end(tmp_path, tiny_config, capsys):
