@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sgcl_jax.checkpointing import SaveFailed
 from sgcl_jax.config import ConfigError, check_override, config_path
 from sgcl_jax.interrupts import Stopped
 
@@ -42,6 +43,12 @@ def fail(error: BaseException, verbose: bool, code: int = ERROR) -> int:
     if verbose:
         raise error
     print(f"error: {error}", file=sys.stderr)
+    if isinstance(error, SaveFailed):
+        # Orbax's writer threads keep failing on the full disk while the interpreter shuts down and print their
+        # tracebacks after this line; everything of the run is closed and saved (or refused) by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
