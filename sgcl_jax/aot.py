@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from sgcl_jax import cli, pod
+from sgcl_jax import cli, pod, topologies
 from sgcl_jax.config import Config
 from sgcl_jax.files import write_json
 
@@ -67,13 +67,13 @@ def main(argv: Sequence[str]) -> None:
     cli.setup_logging(_VERBOSE.value)
     try:
         cfg = _CONFIG.value if isinstance(_CONFIG.value, Config) else Config.from_dict(_CONFIG.value)
-        target = pod.resolve_topology(_TOPOLOGY.value)
+        target = topologies.resolve_topology(_TOPOLOGY.value)
         if _SLICES.value < 1:
             raise ValueError(f"--num-slices {_SLICES.value}: must be >= 1")
         batch = per_device_batch(cfg, target.chips * _SLICES.value, _BATCH.value)
         report = pod.report(cfg, target, _SLICES.value, batch)
         if _MAX_BATCH.value != "none":
-            devices = pod.topology_devices(target, _SLICES.value)
+            devices = topologies.topology_devices(target, _SLICES.value)
             whats = ("step", "encoder") if _MAX_BATCH.value == "all" else ("step",)
             report["max_batch"] = {what: pod.max_batch(cfg, devices, what, resolution=_RESOLUTION.value)
                                    for what in whats}

@@ -259,12 +259,6 @@ class Config:
         return Config.from_dict(d)
 
 
-# Fields that may differ when a run resumes: where things are and how often to log, not what is trained.
-RESUMABLE = ("seeds", "train.eval_every", "train.log_every", "train.progress", "train.keep_checkpoints",
-             "train.checkpoint_every", "model.remat", "data.data_dir", "data.download", "data.tfds_data_dir",
-             "eval.", "mesh.")
-
-
 def check_override(path: str) -> None:
     """Refuses a dotted override path that names no config field (`optim.lrr`), naming the section's fields."""
     cls: Any = Config
@@ -281,24 +275,6 @@ def check_override(path: str) -> None:
             return
         cls = hint
     raise ConfigError(f"config: {path}: is a section; set one of its fields")
-
-
-def identity(cfg: Config) -> dict[str, Any]:
-    """The fields that define what a run trains (flattened, JSON values): a resume must match every one."""
-    flat = _flatten(cfg.to_dict())
-    return {k: v for k, v in flat.items() if not any(k == r or (r.endswith(".") and k.startswith(r))
-                                                     for r in RESUMABLE)}
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and k != "random":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = list(v) if isinstance(v, tuple) else v
-    return out
 
 
 def base_config() -> ml_collections.ConfigDict:

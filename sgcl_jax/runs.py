@@ -3,7 +3,7 @@ trainer share, plus the run's identity check and its lock.
 
 A run folder describes itself:
     config.json      the validated config the run was trained with (its `seed` is the run's seed)
-    checkpoints/     the newest train states; each one's meta holds the run's identity (see `config.identity`)
+    checkpoints/     the newest train states; each one's meta holds the run's identity (see `identity.py`)
     best/            the best-on-dev params (absent when the untrained model scored best, or no dev set)
     metrics.jsonl    one JSON line per logged step and dev evaluation; tb/ the same for TensorBoard
     results.json     the final evaluation, with its protocol
@@ -27,20 +27,16 @@ import jax
 
 from sgcl_jax import checkpointing
 from sgcl_jax.bookkeeping import METRICS  # noqa: F401 - part of the run-folder layout named here
-from sgcl_jax.config import Config, ConfigError, identity
+from sgcl_jax.config import Config, ConfigError
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import read_json
+from sgcl_jax.identity import RunError
 from sgcl_jax.model import ModelSpec, init_trainable, load_guide, trained_bert
 from sgcl_jax.pretrained import Pretrained, load_pretrained
 from sgcl_jax.train_step import create_train_state, make_optimizer
 
 log = logging.getLogger(__name__)
 CONFIG, RESULTS, LOCK = "config.json", "results.json", ".lock"
-IDENTITY = "identity.json"  # the run's identity, written with config.json before anything else of the run
-
-
-class RunError(ValueError):
-    """A run folder that cannot be used as asked: another run's folder, in use, or incomplete."""
 
 
 def is_run(path: str | Path) -> bool:
@@ -91,36 +87,6 @@ def read_results(workdir: str | Path, damaged_ok: bool = False) -> dict[str, Any
             raise
         log.warning("%s; the run's checkpoints are intact, so it is scored again", e)
         return None
-
-
-def read_identity(workdir: str | Path) -> dict[str, Any] | None:
-    """The identity a run folder was created with (identity.json), or None for a folder without one."""
-    path = Path(workdir) / IDENTITY
-    return read_json(path) if path.exists() else None
-
-
-def identity_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The identity fields whose values differ, as 'field: saved -> current'.
-
-    A field a run folder lacks was added by a later release: the run trained with its default, so it matches
-    that default (older run folders stay resumable)."""
-    defaults = identity(Config())
-    saved = {**{k: v for k, v in defaults.items() if k in current}, **saved}
-    keys = sorted(set(saved) | set(current))
-    return [f"{k}: {saved.get(k, '(absent)')!r} -> {current.get(k, '(absent)')!r}" for k in keys
-            if saved.get(k) != current.get(k)]
-
-
-def check_identity(workdir: Path, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
-    """Refuses to continue a run whose identity differs, listing every differing field on one line."""
-    if saved is None:
-        raise RunError(f"{workdir}: its checkpoints carry no run identity (written by an older sgcl_jax); "
-                       "use a new --workdir")
-    diff = identity_mismatch(saved, current)
-    if diff:
-        raise RunError(f"{workdir}: refusing to resume: this config differs from the run's in {'; '.join(diff)}. "
-                       "Use a new --workdir, or the run's own values (its config.json). Fields that may change "
-                       "on resume are listed in the README.")
 
 
 # ------------------------------------------------------------------------------------------ loading

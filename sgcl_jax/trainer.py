@@ -16,9 +16,10 @@ import numpy as np
 
 from sgcl_jax import checkpointing, data, runs, scoring, sharding, sts, tasks
 from sgcl_jax.bookkeeping import Records, RunState, StepTimer
-from sgcl_jax.config import Config, identity
+from sgcl_jax.config import Config
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import write_json
+from sgcl_jax.identity import IDENTITY, check_identity, identity, identity_mismatch, read_identity
 from sgcl_jax.interrupts import Interrupts, Stopped
 from sgcl_jax.model import ModelSpec, load_guide, trained_bert
 from sgcl_jax.train_step import create_train_state, jit_train_step, state_shardings
@@ -95,12 +96,12 @@ def _check_resume(workdir: Path, run_identity: dict[str, Any]) -> bool:
     has_checkpoints = runs.is_run(workdir)
     has_run = sharding.max_over_processes(int(has_checkpoints or (workdir / checkpointing.BEST).is_dir()))
     meta = checkpointing.Checkpoints(workdir, writable=False).read_meta() if has_checkpoints else None
-    saved = runs.read_identity(workdir) or (meta or {}).get("identity")
+    saved = read_identity(workdir) or (meta or {}).get("identity")
     if saved is not None:
-        runs.check_identity(workdir, saved, run_identity)
+        check_identity(workdir, saved, run_identity)
     elif has_run:
         raise runs.RunError(f"{workdir}: holds checkpoints of a run whose identity cannot be read (no "
-                            f"{runs.IDENTITY}, no readable checkpoint metadata); use a new --workdir")
+                            f"{IDENTITY}, no readable checkpoint metadata); use a new --workdir")
     return bool(sharding.max_over_processes(int(meta is not None)))
 
 
@@ -128,7 +129,7 @@ class Trainer:
         self.setup, self.cfg, self.workdir, self.interrupts = setup, cfg, workdir, interrupts
         self.proc0 = jax.process_index() == 0
         if self.proc0:
-            write_json(setup.identity, workdir / runs.IDENTITY)
+            write_json(setup.identity, workdir / IDENTITY)
             write_json(cfg.to_dict(), workdir / runs.CONFIG)
 
         # -- the train state: fresh, or the newest checkpoint that restores
@@ -342,7 +343,7 @@ def finished_results(cfg: Config, workdir: Path) -> dict[str, Any] | None:
     if results is None:
         return None
     saved = identity(runs.read_config(workdir))
-    diff = runs.identity_mismatch(saved, identity(cfg))
+    diff = identity_mismatch(saved, identity(cfg))
     if diff:
         raise runs.RunError(f"{workdir}: holds a finished run of another config ({'; '.join(diff)}); "
                             "use a new --workdir")

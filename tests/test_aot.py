@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 pytest.importorskip("libtpu", reason="the [tpu] extra (libtpu) is not installed")
 
-from sgcl_jax import pod  # noqa: E402
+from sgcl_jax import pod, topologies  # noqa: E402
 from sgcl_jax.sharding import Layout, make_mesh  # noqa: E402
 
 TOPOLOGIES = {  # user name -> (JAX name, wrap) as in MaxText's accelerator_to_spec_map.py
@@ -27,28 +27,28 @@ TOPOLOGIES = {  # user name -> (JAX name, wrap) as in MaxText's accelerator_to_s
 
 @pytest.mark.parametrize("name", sorted(TOPOLOGIES))
 def test_topology_names_follow_maxtext(name):
-    t = pod.resolve_topology(name)
+    t = topologies.resolve_topology(name)
     assert (t.topology, t.wrap) == TOPOLOGIES[name]
-    assert pod.resolve_topology(t.topology).topology == t.topology  # JAX's form names the same slice
+    assert topologies.resolve_topology(t.topology).topology == t.topology  # JAX's form names the same slice
     assert t.chip_config == {"v4": "megacore_dense", "v5": "megacore"}.get(t.topology.split(":")[0], "default")
 
 
 def test_unknown_topologies_are_refused():
     for bad in ("v5e-7", "v9-8", "v5e:2x2x2", "tpu"):
         with pytest.raises(ValueError, match="--topology"):
-            pod.resolve_topology(bad)
+            topologies.resolve_topology(bad)
 
 
 def test_libtpu_describes_the_slices():
-    v4 = pod.topology_devices(pod.resolve_topology("v4-8"))  # 8 TensorCores = 4 megacore chips
-    assert len(v4) == 4 and v4[0].device_kind == "TPU v4" and pod.chip_of(v4[0]).name == "TPU v4"
-    v5e = pod.topology_devices(pod.resolve_topology("v5e:2x2"), num_slices=2)
+    v4 = topologies.topology_devices(topologies.resolve_topology("v4-8"))  # 8 TensorCores = 4 megacore chips
+    assert len(v4) == 4 and v4[0].device_kind == "TPU v4" and topologies.chip_of(v4[0]).name == "TPU v4"
+    v5e = topologies.topology_devices(topologies.resolve_topology("v5e:2x2"), num_slices=2)
     assert len(v5e) == 8 and {d.slice_index for d in v5e} == {0, 1}
-    assert pod.chip_of(v5e[0]).name == "TPU v5e"
+    assert topologies.chip_of(v5e[0]).name == "TPU v5e"
 
 
 def _report(tiny_config, topology, batch, slices=1, encoder=False, **overrides):
-    return pod.report(tiny_config(**overrides), pod.resolve_topology(topology), slices, batch, encoder=encoder)
+    return pod.report(tiny_config(**overrides), topologies.resolve_topology(topology), slices, batch, encoder=encoder)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_multi_slice_separates_what_crosses_the_slices(tiny_config):
 
 
 def test_max_batch_search_finds_the_boundary():
-    devices = pod.topology_devices(pod.resolve_topology("v5e:2x2"))
+    devices = topologies.topology_devices(topologies.resolve_topology("v5e:2x2"))
     hbm = 16 * 2**30
     for limit_batch in (3, 700, 1234, 50_000):
         def fake(cfg, devs, b, what, limit_batch=limit_batch):  # memory grows faster than linearly near the top
@@ -169,7 +169,7 @@ def test_cli_report_json(tmp_path, repo_root, subprocess_env):
 
 
 def test_fsdp_splits_the_largest_divisible_axis():
-    layout = Layout(make_mesh(devices=pod.topology_devices(pod.resolve_topology("v5e-8"))), fsdp=True)
+    layout = Layout(make_mesh(devices=topologies.topology_devices(topologies.resolve_topology("v5e-8"))), fsdp=True)
     assert layout.spec((30522, 768)) == P(None, "data")  # 30522 does not divide by 8
     assert layout.spec((3072, 768)) == P("data", None)
     assert layout.spec((768,)) == P()  # small arrays stay replicated

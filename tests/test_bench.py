@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sgcl_jax import bench
+from sgcl_jax import bench, timing
 from sgcl_jax.bert import BertConfig
 
 
@@ -15,7 +15,7 @@ def test_flop_count_by_hand():
     cfg = BertConfig(hidden_size=4, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
     # one layer, one token: projections 2*(4*16 + 2*32) = 256, attention 2*2*1*4 = 16 -> 272 per forward
     # guide forward + trained forward/backward = 4 forwards; head on c + 2 views: 3 * 2*(4*2 + 2*2) = 72, x3
-    assert bench.step_flops(cfg, batch=1, length=1, views=2, head_dim=2) == 4 * 272 + 3 * 72
+    assert timing.step_flops(cfg, batch=1, length=1, views=2, head_dim=2) == 4 * 272 + 3 * 72
 
 
 @pytest.mark.slow
@@ -34,7 +34,7 @@ def test_harness_runs_with_torch_baseline(tmp_path, data_dir, capsys):
 
 
 def test_pipeline_bench_reports_host_rate(data_dir, capsys):
-    rows = bench.bench_pipeline(16, 5, 128, "minilm", str(data_dir))
+    rows = timing.bench_pipeline(16, 5, 128, "minilm", str(data_dir))
     assert rows["sentences_per_s"] > 0 and rows["cores"] == 1
 
 
@@ -48,7 +48,7 @@ def test_sklearn_race_on_a_sample_of_the_fits(tmp_path, write):
             rng = np.random.RandomState(0)
             return np.stack([rng.normal(size=8) + (1.5 if s.startswith("good") else -1.5) for s in sentences])
 
-    race = bench._sklearn_race(Encoder(), "MR", 3, [1], str(tmp_path), sample=5)
+    race = timing._sklearn_race(Encoder(), "MR", 3, [1], str(tmp_path), sample=5)
     assert race["fits"] == 3 * 6 * 3 and race["sklearn_fits_timed"] == 5
     assert race["sklearn_seconds"] == pytest.approx(race["sklearn_seconds_measured"] * 54 / 5)
     assert race["max_accuracy_difference"] <= 1e-6 and race["speedup"] > 0

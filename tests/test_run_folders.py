@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import sgcl_jax
-from sgcl_jax import checkpointing, evaluate, runs, scoring, sts
+from sgcl_jax import checkpointing, evaluate, identity, runs, scoring, sts
 from sgcl_jax.pretrained import load_pretrained
 from sgcl_jax.trainer import DivergenceError, train_and_evaluate
 
@@ -210,7 +210,7 @@ def _damage(folder):
 
 def test_identity_is_written_first_and_another_run_is_never_adopted(finished, tmp_path, tiny_config):
     run = _copy(finished, tmp_path)
-    assert json.loads((run / runs.IDENTITY).read_text())["objective.name"] == "sg_opt"
+    assert json.loads((run / identity.IDENTITY).read_text())["objective.name"] == "sg_opt"
     # Killed before any checkpoint finished: nothing under checkpoints/, a best/ of the first run.
     for p in (run / "checkpoints").iterdir():
         import shutil
@@ -222,7 +222,7 @@ def test_identity_is_written_first_and_another_run_is_never_adopted(finished, tm
         train_and_evaluate(tiny_config(**SHORT, **{"objective.name": "opt1"}), run)
     assert snapshot(run) == before
     # A folder of an older release (no identity.json) whose checkpoint metadata is damaged: refused too.
-    (run / runs.IDENTITY).unlink()
+    (run / identity.IDENTITY).unlink()
     (run / "checkpoints" / "4").mkdir()
     (run / "checkpoints" / "4" / "junk").write_text("x")
     before = snapshot(run)
