@@ -145,3 +145,17 @@ def test_seed_aggregation_and_the_sign_table():
     # OPT2: the paper's change is negative, ours positive and outside 2 SE; lambda-0: inside 2 SE.
     assert "| OPT2 | -1.48 | +" in text and "| no | yes |" in text and "| lambda-0 | -0.86 |" in text
     assert "| 1.0 |" not in text and "min/seed" in text
+
+
+def test_the_recipe_config_is_the_studys_pick_and_trains_on_the_tiny_model(tmp_path, repo_root, tiny_config):
+    """configs/minilm_plus.py is the default config with the chosen candidate's overrides (so the study's folders
+    and the shipped config are one run), and it trains: BERT_T's mean-pooled vector, scored with mean pooling."""
+    from sgcl_jax.config import load_config_file
+
+    plus, default = load_config_file(str(repo_root / "configs/minilm_plus.py")), load_config_file("default")
+    (mean,) = [v for v in study.RECIPE if v.name == "mean"]
+    assert plus == default.replace(**mean.overrides) and plus.model.pooling == plus.eval.pooling == "mean"
+    tiny = tiny_config(**{"train.num_steps": 4, "train.eval_every": 2, **mean.overrides})
+    res = study.train_and_evaluate(tiny, tmp_path)
+    assert res["protocol"]["pooling"] == "mean" and res["training"]["best_step"] > 0
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["pooling"] == "mean"
