@@ -219,15 +219,25 @@ def test_cli_errors_are_one_line_and_touch_nothing(tmp_path, train_cmd, subproce
                         "--verbose"], capture_output=True, text=True, timeout=120, env=subprocess_env)
     assert r.returncode != 0 and "/nope.txt" in r.stderr and "Traceback" in r.stderr
     assert not workdir.exists()
-    # A mistyped field or section is one line naming it, before anything starts.
+
+
+def test_mistyped_overrides_and_help_answer_before_anything_starts(tmp_path, repo_root, capsys):
+    """A mistyped field or section is one line naming it (exit 1); --help prints the program's description and its
+    own flags (exit 0); both before any flag parsing, model or folder."""
+    from sgcl_jax import cli
+    from sgcl_jax import train as train_cli
+
+    workdir = tmp_path / "w"
+    base = ["train.py", "--config", str(repo_root / "configs/tiny.py"), "--workdir", str(workdir)]
     for flag, line in (("--config.optim.lrr=1e-3", "error: config: optim.lrr: no such field (fields of optim: "),
                        ("--config.optimm.lr=1", "error: config: optimm.lr: no such field (fields of config: ")):
-        r = subprocess.run(train_cmd(workdir, flag), capture_output=True, text=True, timeout=120, env=subprocess_env)
-        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
-        assert r.stderr.startswith(line) and not workdir.exists()
-    # --help: the program's description and its own flags, exit 0.
-    r = subprocess.run([*train_cmd(workdir), "--help"], capture_output=True, text=True, timeout=120, env=subprocess_env)
-    assert r.returncode == 0 and r.stdout.startswith("Trains an SG-BERT sentence encoder.") and "--workdir:" in r.stdout
+        with pytest.raises(SystemExit) as e:
+            cli.run_app(train_cli.main, train_cli.__doc__, [*base, flag])
+        assert str(e.value.code).startswith(line) and "\n" not in str(e.value.code) and not workdir.exists()
+    with pytest.raises(SystemExit) as e:
+        cli.run_app(train_cli.main, train_cli.__doc__, [*base, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("Trains an SG-BERT sentence encoder.") and "--workdir:" in out
 
 
 def test_text_files(tmp_path, caplog, write):
