@@ -49,7 +49,9 @@ def tables() -> dict[str, Any] | None:
 def source() -> str | None:
     """The file's citation line (which paper, which version)."""
     t = tables()
-    return None if t is None else f"{t.get('source', 'the paper')} ({results_path()})"
+    path = results_path()
+    # The file's place relative to the shared folder: a report travels, this machine's paths do not.
+    return None if t is None else f"{t.get('source', 'the paper')} ({Path(*path.parts[-3:])})"
 
 
 def ablation(overrides: dict[str, Any]) -> dict[str, Any] | None:

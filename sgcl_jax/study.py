@@ -14,6 +14,7 @@ same command again only completes what is missing, then prints and saves <workdi
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -187,6 +188,7 @@ def untrained(cfg: Config, pooling: str, workdir: Path) -> dict[str, Any]:
     path = workdir / f"untrained_{pooling}.json"
     wanted = {"model": cfg.model.name, "pooling": pooling, "tasks": list(tasks.expand(cfg.eval.final_tasks)),
               "settings": dataclasses.asdict(scoring.Settings.from_config(cfg))}
+    wanted = json.loads(json.dumps(wanted))  # as the cache file holds it (tuples as lists)
     if path.is_file():
         cached = read_json(path)
         if {k: cached.get(k) for k in wanted} == wanted:

@@ -159,3 +159,19 @@ def test_the_recipe_config_is_the_studys_pick_and_trains_on_the_tiny_model(tmp_p
     res = study.train_and_evaluate(tiny, tmp_path)
     assert res["protocol"]["pooling"] == "mean" and res["training"]["best_step"] > 0
     assert json.loads((tmp_path / "config.json").read_text())["model"]["pooling"] == "mean"
+
+
+def test_untrained_baselines_are_measured_once(tmp_path, tiny_config, monkeypatch):
+    """The untrained model's scores (the bar the recipe must clear) are measured, cached in the workdir, and read
+    back without encoding again; a change of tasks measures again."""
+    cfg = tiny_config()
+    first = study.untrained(cfg, "mean", tmp_path)
+    assert first["pooling"] == "mean" and set(first["tasks_scores"]) == {"STSB"} and first["dev"] is not None
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(study.scoring, "evaluate", no_encoding)
+    assert study.untrained(cfg, "mean", tmp_path) == first
+    with pytest.raises(AssertionError, match="encoded again"):
+        study.untrained(cfg.replace(**{"eval.final_tasks": ("STSB", "SICKR")}), "mean", tmp_path)
