@@ -88,6 +88,7 @@ def paper_results() -> dict:
 
     path = os.environ.get("SGCL_PAPER_RESULTS")
     folder = _shared("SGCL_PAPER_DIR", Path(path).parent if path else ROOT.parent / "shared" / "paper", "results.json")
+    os.environ.setdefault("SGCL_PAPER_RESULTS", str(folder / "results.json"))  # what sgcl_jax.paper reads
     return json.loads((folder / "results.json").read_text())
 
 

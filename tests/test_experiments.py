@@ -108,7 +108,7 @@ def test_paper_numbers_come_from_its_file(paper_results):
                                           if k.startswith("bert-base ")}
 
 
-def test_seed_aggregation_and_the_sign_table():
+def test_seed_aggregation_and_the_sign_table(paper_results):
     """mean +- std (ddof=1) over seeds, the standard error of a difference of means, and the sign verdicts,
     against a re-derivation with NumPy on made-up per-seed scores."""
     seeds = [1, 2, 3]

@@ -169,3 +169,27 @@ def test_evaluate_out_onto_a_full_disk_keeps_the_printed_scores(tmp_path, capsys
         assert not out.exists() and sorted(p.name for p in disk.iterdir()) == ["filler"]  # nothing half-written
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_metrics_line_that_cannot_be_written_names_the_file(tmp_path, monkeypatch):
+    """A full disk while appending to metrics.jsonl: one line naming the file and what was kept, not a bare
+    '[Errno 28] No space left on device'; closing afterwards is a warning, not a second error."""
+    from sgcl_jax.bookkeeping import Records
+
+    records = Records(tmp_path, enabled=True)
+    records.write(1, {"loss": 1.0})
+
+    class FullDisk:
+        def write(self, *args):
+            raise OSError(28, "No space left on device")
+
+        flush = close = write
+
+    records.file = FullDisk()
+    with pytest.raises(OSError) as e:
+        records.write(2, {"loss": 0.5})
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'metrics.jsonl'}: cannot write the run's metrics (No space left")
+    assert "Kept: the checkpoints saved so far, intact" in message and "run the same command again" in message
+    records.close()  # logs a warning instead of raising over the error above
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'
