@@ -335,3 +335,30 @@ def test_evaluating_a_damaged_checkpoint_folder_is_one_line(finished, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "checkpoints/4 does not restore" in err[0], err
     assert snapshot(run) == before
+
+
+def test_a_run_folder_of_the_previous_release_resumes(tmp_path, tiny_config):
+    """A run folder written before `model.pooling` existed (identity.json and config.json lack the field) is
+    this release's run with the field at its default: it resumes, and finishes as an uninterrupted run does."""
+    import shutil
+
+    cfg = tiny_config(**{"train.num_steps": 8, "train.eval_every": 4, "train.checkpoint_every": 4})
+    straight = train_and_evaluate(cfg, tmp_path / "straight")
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "straight", old)
+    for name in ("identity.json", "config.json"):  # as the previous release wrote them
+        saved = json.loads((old / name).read_text())
+        if name == "identity.json":
+            del saved["model.pooling"]
+        else:
+            del saved["model"]["pooling"]
+        (old / name).write_text(json.dumps(saved))
+    shutil.rmtree(old / "checkpoints" / "8")  # stopped after step 4's save
+    (old / "results.json").unlink()
+    resumed = train_and_evaluate(cfg, old)
+    assert resumed["tasks"] == straight["tasks"] and resumed["training"]["best_step"] == straight["training"][
+        "best_step"]
+    assert json.loads((old / "identity.json").read_text())["model.pooling"] == "cls"
+    # A field that differs from the default is still a different run.
+    with pytest.raises(runs.RunError, match=r"model\.pooling: 'cls' -> 'mean'"):
+        train_and_evaluate(cfg.replace(**{"model.pooling": "mean", "eval.pooling": "mean"}), old)
