@@ -1,5 +1,6 @@
-"""The recipe study's pick: SG-OPT trained and scored on BERT_T's mean-pooled last layer (all-MiniLM-L6-v2's own
-sentence vector) instead of its [CLS]; everything else is the default run. Chosen on STS-B dev only.
+"""The recipe study's best candidate so far (the only one trained over its seeds yet, README "Recipe study"):
+SG-OPT trained and scored on BERT_T's mean-pooled last layer (all-MiniLM-L6-v2's own sentence vector) instead of
+its [CLS]; everything else is the default run. Selection is on STS-B dev only.
 
     python train.py --config configs/minilm_plus.py --workdir runs/minilm_plus --config.seeds=1,2,3
 
