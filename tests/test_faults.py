@@ -144,9 +144,12 @@ def test_export_onto_a_full_disk_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_evaluate_out_onto_a_full_disk_keeps_the_printed_scores(tmp_path, capsys, data_dir):
+def test_evaluate_out_onto_a_full_disk_keeps_the_printed_scores(tmp_path, capsys, write):
     from sgcl_jax import evaluate
 
+    folder = tmp_path / "pairs"  # a small STS-format folder: the fault is the point, not the data set
+    write(folder / "STS.input.toy.txt", "".join(f"A man plays {i}.\tA man is playing {i}.\n" for i in range(12)))
+    write(folder / "STS.gs.toy.txt", "".join(f"{i % 6}\n" for i in range(12)))
     disk = tmp_path / "disk"
     if not _tmpfs(disk, "1m"):
         pytest.skip("cannot mount a tmpfs here (needs root)")
@@ -159,10 +162,10 @@ def test_evaluate_out_onto_a_full_disk_keeps_the_printed_scores(tmp_path, capsys
                 except OSError:
                     pass
         out = disk / "scores.json"
-        rc = evaluate.main(["--model", "minilm", "--tasks", "STSB", "--data-dir", str(data_dir), "--out", str(out)])
+        rc = evaluate.main(["--model", "minilm", "--tasks", str(folder), "--out", str(out)])
         printed = capsys.readouterr()
         assert rc == 1
-        assert re.search(r"^STSB\s+\d+\.\d\d spearman\s+1379$", printed.out, re.M), printed.out  # scores kept
+        assert re.search(r"^pairs\s+-?\d+\.\d\d spearman\s+12$", printed.out, re.M), printed.out  # scores kept
         err = [x for x in printed.err.strip().splitlines() if not x.startswith("encode:")]  # progress bars
         assert len(err) == 1 and err[0].startswith("error: ") and str(out) in err[0], err
         assert "no space left on device" in err[0].lower(), err
