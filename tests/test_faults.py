@@ -56,6 +56,19 @@ def _tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+def _fill(disk: Path) -> Path:
+    """Fills a (small) disk to its last byte with one file; returns it."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
+    return filler
+
+
 def _hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -75,14 +88,7 @@ def test_a_full_disk_during_a_save_ends_in_one_line_and_resumes(tmp_path, train_
             time.sleep(0.02)
         proc.send_signal(signal.SIGSTOP)  # fill the disk between two saves
         kept = _hashes(run / "checkpoints" / "10")
-        filler = disk / "filler"
-        with open(filler, "wb", buffering=0) as f:
-            for chunk in (1 << 20, 4096, 1):
-                try:
-                    while True:
-                        f.write(b"\0" * chunk)
-                except OSError:
-                    pass
+        filler = _fill(disk)
         proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=300)
         # The verdict is one line, the last; Orbax's own error logs are left out. (TensorStore may still print
@@ -154,13 +160,7 @@ def test_evaluate_out_onto_a_full_disk_keeps_the_printed_scores(tmp_path, capsys
     if not _tmpfs(disk, "1m"):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        with open(disk / "filler", "wb", buffering=0) as f:
-            for chunk in (1 << 16, 4096, 1):
-                try:
-                    while True:
-                        f.write(b"\0" * chunk)
-                except OSError:
-                    pass
+        _fill(disk)
         out = disk / "scores.json"
         rc = evaluate.main(["--model", "minilm", "--tasks", str(folder), "--out", str(out)])
         printed = capsys.readouterr()
