@@ -265,7 +265,6 @@ class Stats:
     flops: float = 0.0
     executed_flops: float = 0.0
     iterations: int = 0  # the most Newton iterations (logreg) or epochs (mlp) any fit took
-    pending: int = 0  # the fits of the chunk being trained that are real (the rest pad it to a fixed shape)
 
     def add(self, other: Stats) -> None:
         """Accumulates another batch's numbers."""
@@ -276,9 +275,10 @@ class Stats:
         self.iterations = max(self.iterations, other.iterations)
 
 
-def _train_logreg(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: list[int], sizes: tuple[int, int],
-                  cfg: MLPConfig, stats: Stats, tol: float, max_iter: int) -> tuple[dict[str, np.ndarray], None]:
-    """One chunk of logistic-regression fits (the columns of one weight matrix)."""
+def _train_logreg(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: list[int], real: int,
+                  sizes: tuple[int, int], cfg: MLPConfig, stats: Stats, tol: float, max_iter: int
+                  ) -> tuple[dict[str, np.ndarray], None]:
+    """One chunk of logistic-regression fits (the columns of one weight matrix); the first `real` are not padding."""
     n, d = x.shape
     chunk = len(padded)
     weights = np.zeros((n, chunk), np.float32)
@@ -289,14 +289,16 @@ def _train_logreg(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded:
     w, products = np.asarray(w), np.asarray(products).astype(np.float64)
     stats.iterations = max(stats.iterations, int(np.max(iters)))
     product = 2 * n * (d + 1) * (1 if nclasses == 2 else nclasses)  # the data times one fit's parameters
-    stats.flops += float(products[: stats.pending].sum()) * product
+    stats.flops += float(products[:real].sum()) * product
     stats.executed_flops += float(products.max()) * chunk * product  # all columns run to the slowest
     return {"w": np.moveaxis(w[:d], -1, 0), "b": np.moveaxis(w[d], -1, 0)}, None  # (F, d, k), (F, k)
 
 
-def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: list[int], sizes: tuple[int, int],
-               cfg: MLPConfig, stats: Stats, tol: float, max_iter: int) -> tuple[Any, np.ndarray]:
-    """One chunk of SentEval MLP fits, vmapped; returns the best params and best validation accuracy of each."""
+def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: list[int], real: int,
+               sizes: tuple[int, int], cfg: MLPConfig, stats: Stats, tol: float, max_iter: int
+               ) -> tuple[Any, np.ndarray]:
+    """One chunk of SentEval MLP fits, vmapped (the first `real` are not padding); returns the best params and best
+    validation accuracy of each."""
     d = x.shape[1]
     train_max, val_max = sizes
     chunk = len(padded)
@@ -313,7 +315,7 @@ def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: li
     layer = d * cfg.nhid + cfg.nhid * nclasses
     per_pass = np.ceil(rows_train / cfg.batch_size) * 6 * cfg.batch_size * layer
     checks = epochs / cfg.epoch_size
-    stats.flops += float(np.sum((epochs * per_pass + checks * 2 * rows_val * layer)[: stats.pending]))
+    stats.flops += float(np.sum((epochs * per_pass + checks * 2 * rows_val * layer)[:real]))
     stats.executed_flops += float(epochs.max() * chunk * (train_max // cfg.batch_size * 6 * cfg.batch_size * layer
                                                           + 2 * val_max * layer / cfg.epoch_size))
     return out, best
@@ -372,8 +374,7 @@ def run_fits(classifier: str | Classifier, x: np.ndarray, y: np.ndarray, nclasse
     for start in range(0, len(fits), chunk):
         part = list(range(start, min(start + chunk, len(fits))))
         padded = part + [part[-1]] * (chunk - len(part))  # repeat the last fit: a fixed shape, results dropped
-        stats.pending = len(part)
-        out, best = clf.train(xj, yj, nclasses, fits, padded, sizes, cfg, stats, tol, max_iter)
+        out, best = clf.train(xj, yj, nclasses, fits, padded, len(part), sizes, cfg, stats, tol, max_iter)
         chunk_params = [jax.tree.map(lambda a, r=row: np.asarray(a[r]), out) for row in range(len(part))]
         for row, i in enumerate(part):
             if best is not None:

@@ -26,7 +26,6 @@ from typing import Any
 import jax
 
 from sgcl_jax import checkpointing
-from sgcl_jax.bookkeeping import METRICS  # noqa: F401 - part of the run-folder layout named here
 from sgcl_jax.config import Config, ConfigError
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import read_json
