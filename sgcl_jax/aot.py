@@ -19,7 +19,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from sgcl_jax import cli, pod, topologies
@@ -28,22 +28,25 @@ from sgcl_jax.files import write_json
 
 log = logging.getLogger(__name__)
 
+FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config: a shipped name (default, tiny, nli, bert_base) or a path to a .py file with "
                     "get_config(). Its fields are overridden with --config.<section>.<field>=value.",
-    lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", None, "v5e-8, v5e-256, v4-32, v5p-128, v6e-256, ... or v5e:16x16")
+    flag_values=FLAGS, lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "v5e-8, v5e-256, v4-32, v5p-128, v6e-256, ... or v5e:16x16",
+                                flag_values=FLAGS)
 _SLICES = flags.DEFINE_integer("num-slices", 1, "Slices joined over the data-center network (a hybrid ICI x DCN "
                                "mesh).")
 _BATCH = flags.DEFINE_integer("batch-per-device", None, "Sentences per device (default: the config's global "
-                              "data.batch_size spread over the devices, at least 1 each).")
+                              "data.batch_size spread over the devices, at least 1 each).", flag_values=FLAGS)
 _MAX_BATCH = flags.DEFINE_enum("max-batch", "none", ["none", "step", "all"], "Also search the largest per-device "
                                "batch that compiles within HBM: for the train step, or for it and the evaluation "
-                               "encoder ('all').")
-_RESOLUTION = flags.DEFINE_integer("max-batch-resolution", 32, "The search stops within 1/N of the answer.")
-_OUT = flags.DEFINE_string("out", None, "Write the report as JSON here.")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a failure.")
-flags.mark_flags_as_required(["config", "topology"])
+                               "encoder ('all').", flag_values=FLAGS)
+_RESOLUTION = flags.DEFINE_integer("max-batch-resolution", 32, "The search stops within 1/N of the answer.",
+                                   flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "Write the report as JSON here.", flag_values=FLAGS)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a failure.", flag_values=FLAGS)
+flags.mark_flags_as_required(["config", "topology"], flag_values=FLAGS)
 
 
 def per_device_batch(cfg: Config, devices: int, given: int | None) -> int:
@@ -60,13 +63,15 @@ def per_device_batch(cfg: Config, devices: int, given: int | None) -> int:
     return per
 
 
-def main(argv: Sequence[str]) -> None:
-    """Flags -> the report (text and JSON); exit 2 when the step does not fit, 1 on any other failure."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Flags (argv without the program; default sys.argv[1:]) -> the report (text and JSON) -> the exit code:
+    2 when the step does not fit, 1 on any other failure."""
+    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.aot", *(sys.argv[1:] if argv is None else argv)])
+    if len(rest) > 1:
+        return cli.fail(ValueError(f"unexpected arguments: {rest[1:]}"), False)
     cli.setup_logging(_VERBOSE.value)
     try:
-        cfg = _CONFIG.value if isinstance(_CONFIG.value, Config) else Config.from_dict(_CONFIG.value)
+        cfg = Config.from_dict(_CONFIG.value)
         target = topologies.resolve_topology(_TOPOLOGY.value)
         if _SLICES.value < 1:
             raise ValueError(f"--num-slices {_SLICES.value}: must be >= 1")
@@ -82,20 +87,21 @@ def main(argv: Sequence[str]) -> None:
         if _OUT.value:
             write_json({"label": "compiled, not run", "topology": _TOPOLOGY.value, "fits": False,
                         "compiler": str(e)}, _OUT.value)
-        sys.exit(cli.DOES_NOT_FIT)
+        return cli.DOES_NOT_FIT
     except (*cli.USER_ERRORS, Exception) as e:  # a compile failure is an XlaRuntimeError
-        sys.exit(cli.fail(e, _VERBOSE.value))
+        return cli.fail(e, _VERBOSE.value)
     print(pod.format_report(report))
     for what, found in report.get("max_batch", {}).items():
         print(f"largest per-device batch for the {what}: {found['max_per_device_batch']} "
               f"({found['first_failing']} does not fit; {found['compiles']} compiles)")
     if _OUT.value:
         write_json(report, _OUT.value)
+    return cli.OK
 
 
 def run() -> None:
     """The console entry point."""
-    cli.run_app(main, __doc__, sys.argv)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

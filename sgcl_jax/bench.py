@@ -11,7 +11,6 @@ what matters); sentence lengths are drawn from the STS-B training sentences and 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import resource
@@ -19,7 +18,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sgcl_jax import timing
+from absl import flags
+
+from sgcl_jax import cli, timing
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
@@ -49,75 +50,78 @@ def _save(rows: Any, path: str | None) -> int:
     return 0
 
 
+FLAGS = flags.FlagValues()
+_MODEL = flags.DEFINE_string("model", "minilm", f"Comma-separated: {','.join(timing.SHAPES)}.", flag_values=FLAGS)
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Comma-separated: float32,bfloat16.", flag_values=FLAGS)
+_BATCH = flags.DEFINE_string("batch", "16", "Comma-separated batch sizes.", flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per row.", flag_values=FLAGS)
+_LENGTHS = flags.DEFINE_string("lengths", "stsb", "'stsb' (sampled STS-B lengths) or a fixed token count.",
+                               flag_values=FLAGS)
+_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch port of the released step (torch_reference).",
+                           flag_values=FLAGS)
+_REMAT = flags.DEFINE_bool("remat", False, "Rematerialise BERT_T's layers (large batches).", flag_values=FLAGS)
+_HEAD_DIM = flags.DEFINE_integer("head-dim", 4096, "Projection head width.", flag_values=FLAGS)
+_DATA_DIR = flags.DEFINE_string("data-dir", None, "STS data folder (default: $SGCL_DATA_DIR).", flag_values=FLAGS)
+_TOKENIZER = flags.DEFINE_string("tokenizer", "minilm", "Tokenizer name or folder for the STS-B lengths.",
+                                 flag_values=FLAGS)
+_EVAL = flags.DEFINE_bool("eval", False, "Time encoding all STS tasks instead of the train step.", flag_values=FLAGS)
+_PIPELINE = flags.DEFINE_bool("pipeline", False, "Time the host input pipeline alone (tokenise, pad, assemble) on "
+                              "one core.", flag_values=FLAGS)
+_TRANSFER = flags.DEFINE_bool("transfer", False, "Time the SentEval transfer evaluation (encoding + every "
+                              "classifier fit).", flag_values=FLAGS)
+_ENCODER = flags.DEFINE_string("encoder", "minilm", "For --transfer: a model name, folder or run.", flag_values=FLAGS)
+_POOLING = flags.DEFINE_string("pooling", "cls", "For --transfer.", flag_values=FLAGS)
+_TASKS = flags.DEFINE_string("tasks", "transfer", "For --transfer.", flag_values=FLAGS)
+_CLASSIFIER = flags.DEFINE_string("classifier", "logreg", "For --transfer: logreg or mlp.", flag_values=FLAGS)
+_KFOLD = flags.DEFINE_integer("kfold", 10, "For --transfer.", flag_values=FLAGS)
+_SEEDS = flags.DEFINE_list("seeds", ["1111"], "For --transfer: classifier seeds.", flag_values=FLAGS)
+_SENTEVAL_DIR = flags.DEFINE_string("senteval-dir", None, "For --transfer (default: $SGCL_SENTEVAL_DIR).",
+                                    flag_values=FLAGS)
+_CACHE_DIR = flags.DEFINE_string("cache-dir", None, "For --transfer: reuse cached features from here (the encoding "
+                                 "time then is the cache's; default: encode).", flag_values=FLAGS)
+_SKLEARN = flags.DEFINE_list("sklearn", [], "For --transfer: inner k-fold tasks whose logreg search is also run fit "
+                             "by fit with scikit-learn, e.g. MR.", flag_values=FLAGS)
+_SKLEARN_SAMPLE = flags.DEFINE_integer("sklearn-sample", 0, "For --sklearn: time scikit-learn on this many randomly "
+                                       "drawn fits and extrapolate (default: all fits).", flag_values=FLAGS)
+_JSON = flags.DEFINE_string("json", None, "Write the rows as JSON here.", flag_values=FLAGS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI."""
-    ap = argparse.ArgumentParser(prog="python -m sgcl_jax.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="minilm",
-                    help=f"comma-separated: {','.join(timing.SHAPES)} (default: %(default)s)")
-    ap.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16 (default: %(default)s)")
-    ap.add_argument("--batch", default="16", help="comma-separated batch sizes (default: %(default)s)")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per row (default: %(default)s)")
-    ap.add_argument("--lengths", default="stsb",
-                    help="'stsb' (sampled STS-B lengths) or a fixed token count (default: %(default)s)")
-    ap.add_argument("--torch", action="store_true",
-                    help="also time the PyTorch port of the released step (torch_reference)")
-    ap.add_argument("--remat", action="store_true", help="rematerialise BERT_T's layers (large batches)")
-    ap.add_argument("--head-dim", type=int, default=4096, help="projection head width (default: %(default)s)")
-    ap.add_argument("--data-dir", default=None, help="STS data folder (default: $SGCL_DATA_DIR)")
-    ap.add_argument("--tokenizer", default="minilm",
-                    help="tokenizer name or folder for the STS-B lengths (default: %(default)s)")
-    ap.add_argument("--eval", action="store_true", help="time encoding all STS tasks instead of the train step")
-    ap.add_argument("--pipeline", action="store_true",
-                    help="time the host input pipeline alone (tokenise, pad, assemble) on one core")
-    ap.add_argument("--transfer", action="store_true",
-                    help="time the SentEval transfer evaluation (encoding + every classifier fit)")
-    ap.add_argument("--encoder", default="minilm", help="for --transfer: a model name, folder or run "
-                    "(default: %(default)s)")
-    ap.add_argument("--pooling", default="cls", help="for --transfer (default: %(default)s)")
-    ap.add_argument("--tasks", default="transfer", help="for --transfer (default: %(default)s)")
-    ap.add_argument("--classifier", default="logreg", help="for --transfer: logreg or mlp (default: %(default)s)")
-    ap.add_argument("--kfold", type=int, default=10, help="for --transfer (default: %(default)s)")
-    ap.add_argument("--seeds", default="1111", help="for --transfer: classifier seeds (default: %(default)s)")
-    ap.add_argument("--senteval-dir", default=None, help="for --transfer (default: $SGCL_SENTEVAL_DIR)")
-    ap.add_argument("--cache-dir", default=None, help="for --transfer: reuse cached features from here (the "
-                    "encoding time then is the cache's; default: encode)")
-    ap.add_argument("--sklearn", default="", help="for --transfer: inner k-fold tasks whose logreg search is also "
-                    "run fit by fit with scikit-learn, e.g. MR (default: none)")
-    ap.add_argument("--sklearn-sample", type=int, default=0, help="for --sklearn: time scikit-learn on this many "
-                    "randomly drawn fits and extrapolate (default: all fits)")
-    ap.add_argument("--json", default=None, help="write the rows as JSON here")
-    args = ap.parse_args(argv)
-    if args.transfer:
+    """Flags (argv without the program; default sys.argv[1:]) -> the timings -> the exit code."""
+    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.bench", *(sys.argv[1:] if argv is None else argv)])
+    if len(rest) > 1:
+        return cli.fail(ValueError(f"unexpected arguments: {rest[1:]}"), False)
+    if _TRANSFER.value:
         from sgcl_jax.tasks import expand
 
-        row = timing.bench_transfer(args.encoder, expand(args.tasks.split(",")), args.classifier, args.kfold,
-                             [int(s) for s in args.seeds.split(",")], args.senteval_dir,
-                             [t for t in args.sklearn.split(",") if t], args.pooling, args.cache_dir,
-                             args.sklearn_sample)
+        row = timing.bench_transfer(_ENCODER.value, expand(_TASKS.value.split(",")), _CLASSIFIER.value, _KFOLD.value,
+                             [int(s) for s in _SEEDS.value], _SENTEVAL_DIR.value,
+                             list(_SKLEARN.value), _POOLING.value, _CACHE_DIR.value,
+                             _SKLEARN_SAMPLE.value)
         print(json.dumps(row, indent=2))
-        return _save(row, args.json)
-    if args.pipeline:
-        rows = [timing.bench_pipeline(int(b), args.steps, 128, args.tokenizer, args.data_dir)
-                for b in args.batch.split(",")]
+        return _save(row, _JSON.value)
+    if _PIPELINE.value:
+        rows = [timing.bench_pipeline(int(b), _STEPS.value, 128, _TOKENIZER.value, _DATA_DIR.value)
+                for b in _BATCH.value.split(",")]
         for r in rows:
             print(f"host pipeline, batch {r['batch']}: {r['sentences_per_s']:.0f} sentences/s on 1 core "
                   f"({r['steps']} batches in {r['seconds']:.2f} s)")
-        return _save(rows, args.json)
-    if args.eval:
-        rows = [timing.bench_eval(m, d, args.data_dir, args.tokenizer) for m in args.model.split(",")
-                for d in args.dtype.split(",")]
+        return _save(rows, _JSON.value)
+    if _EVAL.value:
+        rows = [timing.bench_eval(m, d, _DATA_DIR.value, _TOKENIZER.value) for m in _MODEL.value.split(",")
+                for d in _DTYPE.value.split(",")]
         for r in rows:
             print(f"encode {r['sentences']} sentences of {','.join(r['tasks'])} with {r['model']} {r['dtype']} on "
                   f"{r['device']}: {r['seconds']:.2f} s after compilation ({r['first_pass_seconds']:.2f} s first)")
-        return _save(rows, args.json)
+        return _save(rows, _JSON.value)
     rows = []
-    for model in args.model.split(","):
-        for dtype in args.dtype.split(","):
-            for batch in (int(b) for b in args.batch.split(",")):
+    for model in _MODEL.value.split(","):
+        for dtype in _DTYPE.value.split(","):
+            for batch in (int(b) for b in _BATCH.value.split(",")):
                 try:
-                    rows.append(timing.run(model, dtype, batch, args.steps, args.lengths, args.torch, args.remat,
-                                    args.head_dim, data_dir=args.data_dir, tokenizer=args.tokenizer))
+                    rows.append(timing.run(model, dtype, batch, _STEPS.value, _LENGTHS.value, _TORCH.value,
+                                           _REMAT.value, _HEAD_DIM.value, data_dir=_DATA_DIR.value,
+                                           tokenizer=_TOKENIZER.value))
                 except Exception as e:  # an OOM at one size should not lose the other rows
                     rows.append({"model": model, "dtype": dtype, "batch": batch, "error": f"{type(e).__name__}: "
                                  f"{str(e)[:300]}"})
@@ -127,12 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = [r for r in rows if "error" not in r]
     print(format_rows(ok))
     print(f"host max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-    if args.json:
+    if _JSON.value:
         from sgcl_jax.files import write_json
 
-        write_json([{**r, "config": dataclasses.asdict(timing.SHAPES[r["model"]])} for r in rows], args.json)
+        write_json([{**r, "config": dataclasses.asdict(timing.SHAPES[r["model"]])} for r in rows], _JSON.value)
     return 0 if ok else 1
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console entry point."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -10,8 +10,9 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sgcl_jax.checkpointing import SaveFailed
 from sgcl_jax.config import ConfigError, check_override, config_path
@@ -67,14 +68,13 @@ def stopped(stop: Stopped) -> int:
     return OK if stop.signame == "SIGTERM" else INTERRUPTED
 
 
-def run_app(main: Callable[[list[str]], None], doc: str | None, argv: Sequence[str],
-            renamed: dict[str, str] | None = None) -> None:
-    """Runs an absl `main` as a command: `--config NAME` resolved, every `--config.a.b` override checked against
-    the config's fields first (one line naming a mistyped one), a renamed flag named with its replacement, and
-    `--help` printing the program's own description and flags, exit 0."""
-    from absl import app
-
-    import __main__
+def parse(flag_values: Any, doc: str | None, argv: Sequence[str], renamed: dict[str, str] | None = None
+          ) -> list[str]:
+    """Parses a command's own absl flags (`argv[0]` is the program): `--config NAME` resolved, every `--config.a.b`
+    override checked against the config's fields first (one line naming a mistyped one), a renamed flag named with
+    its replacement, `--help` printing the program's description and flags (exit 0); any other bad flag is one
+    line, exit 1. Returns the positional arguments, the program first."""
+    from absl import flags
 
     argv = list(argv)
     for arg in argv[1:]:
@@ -86,21 +86,21 @@ def run_app(main: Callable[[list[str]], None], doc: str | None, argv: Sequence[s
                 check_override(old[len("--config."):])
             except ConfigError as e:
                 sys.exit(f"error: {e}")
-    if doc:
-        __main__.__doc__ = doc  # absl prints __main__'s docstring; a console script has none of its own
-    if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
-        from absl import flags
-
-        # absl lists the flags of the module named by argv[0], which for a console script defines none.
-        module = argv[0] if main.__module__ == "__main__" else main.__module__
-        print(f"{(doc or '').strip()}\n\nflags:\n{flags.FLAGS.module_help(module)}")
+    if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
+        print(f"{(doc or '').strip()}\n\nflags:\n{flag_values.get_help(include_special_flags=False)}")
         sys.exit(OK)
+    argv = resolve_config_arg(argv)
+    flag_values.unparse_flags()  # a second call in one process starts from the defaults again
+    saved, sys.argv = sys.argv, argv  # config_flags reads the --config.a.b overrides from sys.argv
     try:
-        app.run(main, argv=resolve_config_arg(argv))
-    except SystemExit as e:
-        if "--helpfull" in argv[1:] and e.code == 1:
-            sys.exit(OK)  # absl exits 1 after printing the help: asking for help is not a failure
-        raise
+        rest = flag_values(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
+    finally:
+        sys.argv = saved
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # absl logging (Orbax logs through it) expects parsed global flags
+    return rest
 
 
 def resolve_config_arg(argv: Sequence[str]) -> list[str]:

@@ -1,12 +1,16 @@
 """The run configuration as typed dataclasses: the one source of defaults and the one place values are checked.
 
-`configs/*.py` start from `base_config()`, an `ml_collections.ConfigDict` derived from `Config()` so that
-every field can be overridden from the command line (`--config.optim.lr=3e-5`). The trainer turns it back
-into a `Config` with `Config.from_dict`, which refuses an unknown field or an invalid value, naming the field,
-before any work starts. The same function reads a run folder's `config.json`.
-"""
+`configs/*.py` return a `Config` from `get_config()` (starting from `base_config()`, the defaults), and
+ml_collections' `config_flags` reads it as it is: every field can be overridden from the command line
+(`--config.optim.lr=3e-5`), parsed by the field's type. `Config.from_dict` then checks the whole config once,
+refusing an unknown field or an invalid value with one line naming the field, before any work starts; the same
+function reads a run folder's `config.json` (and a `ConfigDict` from an older config file).
 
-from __future__ import annotations
+The dataclasses are mutable only so that the flag parser can set fields (it assigns attributes); every
+library function takes them as values and builds changed copies with `Config.replace`. They hash by value
+(`unsafe_hash`): the train step is cached on its optimiser and objective sections. Annotations are not
+postponed (`from __future__ import annotations`): config_flags reads the field types as classes.
+"""
 
 import dataclasses
 import types
@@ -37,7 +41,7 @@ def _require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(f"config: {field}: {message}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class OptimConfig:
     """AdamW + warmup/linear decay + global-norm clipping; the defaults are SG-BERT's."""
 
@@ -58,7 +62,7 @@ class OptimConfig:
                      "(lr, eps, clip_norm > 0; b1, b2 in [0, 1); warmup_ratio in [0, 1])")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class ObjectiveConfig:
     """Which loss, its temperature and the regulariser's weight."""
 
@@ -72,7 +76,7 @@ class ObjectiveConfig:
         _require(self.lam >= 0, "objective.lam", f"{self.lam}: must be >= 0")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class ModelConfig:
     """Which BERT is the guide (and so BERT_T's start), how it computes, and the projection head."""
 
@@ -96,7 +100,7 @@ class ModelConfig:
         _require(self.pooling in POOLINGS, "model.pooling", f"{self.pooling!r}: choose from {POOLINGS}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class GuideConfig:
     """How each hidden state of the frozen guide becomes a view.
 
@@ -116,7 +120,7 @@ class GuideConfig:
         _require(self.layer_max >= -1, "guide.layer_max", f"{self.layer_max}: must be >= -1 (-1 = last layer)")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class DataConfig:
     """The unlabeled training text and the global batch."""
 
@@ -145,7 +149,7 @@ class DataConfig:
                  f"{self.buckets}: positive lengths")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class TrainConfig:
     """Schedule length, dev evaluation, early stopping, logging and checkpoints."""
 
@@ -164,7 +168,7 @@ class TrainConfig:
             _require(getattr(self, name) >= 0, f"train.{name}", f"{getattr(self, name)}: must be >= 0")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class EvalConfig:
     """Dev selection and the final evaluation: pooling, precision, tasks, and the transfer classifier."""
 
@@ -193,7 +197,7 @@ class EvalConfig:
             raise ConfigError(f"config: eval.final_tasks: {e}") from None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class MeshConfig:
     """The device mesh: data-parallel size (-1 = every device) x model size, and the params' layout on it."""
 
@@ -206,7 +210,7 @@ class MeshConfig:
         _require(self.data == -1 or self.data >= 1, "mesh.data", f"{self.data}: -1 or >= 1")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class Config:
     """A whole run: SG-OPT on the bundled MiniLM with the paper's hyper-parameters (Table 8 + the released code)."""
 
@@ -228,8 +232,9 @@ class Config:
         _require(not repeated, "seeds", f"{self.seeds} repeats {repeated}: give each seed once")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Config:
-        """A validated Config from a ConfigDict, its `to_dict()` or a run's config.json."""
+    def from_dict(cls, d: Any) -> "Config":
+        """A validated Config from a Config (as the flag parser left it), a run's config.json, a dict or a
+        ConfigDict."""
         if isinstance(d, ml_collections.ConfigDict):
             d = d.to_dict()
         try:
@@ -243,7 +248,7 @@ class Config:
         """Plain JSON-able dict (tuples as lists once written)."""
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> Config:
+    def replace(self, **changes: Any) -> "Config":
         """A copy with dotted fields changed, validated: `cfg.replace(**{"optim.lr": 1e-4})`."""
         d = self.to_dict()
         for key, value in changes.items():
@@ -277,9 +282,9 @@ def check_override(path: str) -> None:
     raise ConfigError(f"config: {path}: is a section; set one of its fields")
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """`Config()`'s defaults as a ConfigDict, the form command-line overrides work on."""
-    return ml_collections.ConfigDict(Config().to_dict())
+def base_config() -> Config:
+    """The defaults, for a config file's `get_config()` to change field by field."""
+    return Config()
 
 
 # The shipped configs: installed inside the package (sgcl_jax/configs), or the checkout's top-level configs/.
@@ -323,7 +328,9 @@ def load_config_file(name_or_path: str) -> Config:
 # ------------------------------------------------------------------------------------------ building
 
 
-def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    if dataclasses.is_dataclass(d) and not isinstance(d, type):  # as the flag parser left it: check every field
+        d = {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}
     if not isinstance(d, Mapping):
         raise ConfigError(f"config: {prefix.rstrip('.') or 'config'}: expected a section, got {d!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -18,54 +18,61 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from sgcl_jax import cli, study
 from sgcl_jax.config import Config
 from sgcl_jax.interrupts import Stopped
 
+FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The base config: a shipped name (default, tiny, nli, "
-                                          "bert_base) or a .py file; --config.<section>.<field>=value overrides it.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Each variant trains in <workdir>/<variant>/seed_<s>.")
-_SEEDS = flags.DEFINE_list("seeds", None, "Seeds, e.g. 1,2,3 (default: the config's seed).")
-_ONLY = flags.DEFINE_list("only", None, "Variant names to run, in order; the first is the reference.")
+                                          "bert_base) or a .py file; --config.<section>.<field>=value overrides it.",
+                                          flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Each variant trains in <workdir>/<variant>/seed_<s>.",
+                               flag_values=FLAGS)
+_SEEDS = flags.DEFINE_list("seeds", None, "Seeds, e.g. 1,2,3 (default: the config's seed).", flag_values=FLAGS)
+_ONLY = flags.DEFINE_list("only", None, "Variant names to run, in order; the first is the reference.",
+                          flag_values=FLAGS)
 _VARIANT = flags.DEFINE_multi_string("variant", [], "A variant of your own: 'name:key=value[,key=value]', e.g. "
-                                     "'tau-0.05:objective.tau=0.05'.")
+                                     "'tau-0.05:objective.tau=0.05'.", flag_values=FLAGS)
 _NLI = flags.DEFINE_string("nli_file", None, "The NLI training text (domain, transfer); default: $SGCL_NLI_TEXT, "
-                           "else the shared SNLI sentences next to the checkout.")
+                           "else the shared SNLI sentences next to the checkout.", flag_values=FLAGS)
 _REPORT = flags.DEFINE_bool("report", False, "Train nothing: print the table of the seeds already finished (while a "
-                            "study runs elsewhere, or to re-make its table).")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of an error.")
-flags.mark_flags_as_required(["config", "workdir"])
+                            "study runs elsewhere, or to re-make its table).", flag_values=FLAGS)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of an error.", flag_values=FLAGS)
+flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 # Spellings of the previous release, answered with their replacement for one release.
 RENAMED = {"--nli-file": "--nli_file", "--set": "--config.<section>.<field>=value"}
 
 
-def main(argv: Sequence[str]) -> None:
-    """Flags -> study.run_experiment; errors exit with one line (--verbose: traceback)."""
-    if len(argv) != 2 or argv[1] not in study.EXPERIMENTS:
-        raise app.UsageError(f"name one experiment: {', '.join(study.EXPERIMENTS)} (got {argv[1:]})")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Flags (argv without the program; default sys.argv[1:]) -> study.run_experiment -> the exit code."""
+    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.experiments", *(sys.argv[1:] if argv is None else argv)],
+                     renamed=RENAMED)
+    if len(rest) != 2 or rest[1] not in study.EXPERIMENTS:
+        return cli.fail(ValueError(f"name one experiment: {', '.join(study.EXPERIMENTS)} (got {rest[1:]})"), False)
     cli.setup_logging(_VERBOSE.value)
     try:
         base = Config.from_dict(_CONFIG.value)
-        found = list(study.variants(argv[1], _NLI.value)) + [study.parse_variant(v) for v in _VARIANT.value]
+        found = list(study.variants(rest[1], _NLI.value)) + [study.parse_variant(v) for v in _VARIANT.value]
         if _ONLY.value:
             found = study.select(found, _ONLY.value)
         try:
             seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [base.seed]
         except ValueError:
             raise ValueError(f"--seeds {','.join(_SEEDS.value)}: expected integers, e.g. 1,2,3") from None
-        study.run_experiment(argv[1], base, found, _WORKDIR.value, seeds, train=not _REPORT.value)
+        study.run_experiment(rest[1], base, found, _WORKDIR.value, seeds, train=not _REPORT.value)
     except Stopped as e:
-        sys.exit(cli.stopped(e))
+        return cli.stopped(e)
     except cli.USER_ERRORS as e:
-        sys.exit(cli.fail(e, _VERBOSE.value))
+        return cli.fail(e, _VERBOSE.value)
+    return cli.OK
 
 
-def run(argv: Sequence[str] | None = None) -> None:
+def run() -> None:
     """The console entry point."""
-    cli.run_app(main, __doc__, sys.argv if argv is None else list(argv), renamed=RENAMED)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -13,42 +13,46 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from sgcl_jax import cli, sharding
 from sgcl_jax.interrupts import Stopped
 from sgcl_jax.trainer import train_and_evaluate
 
+FLAGS = flags.FlagValues()  # this command's own flags (every command has its own: they share names)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config: a shipped name (default, tiny, nli, bert_base) or a path to a .py file with "
                     "get_config(). Its fields are overridden with --config.<section>.<field>=value.",
-    lock_config=True)
+    flag_values=FLAGS, lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "The run folder: checkpoints, logs and results go here; "
-                               "the same folder again resumes the run.")
+                               "the same folder again resumes the run.", flag_values=FLAGS)
 _DISTRIBUTED = flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: when the "
-                                 "JAX_COORDINATOR_ADDRESS variables are set).")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a config, data or run-folder error.")
-flags.mark_flags_as_required(["config"])
+                                 "JAX_COORDINATOR_ADDRESS variables are set).", flag_values=FLAGS)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a config, data or run-folder error.",
+                             flag_values=FLAGS)
+flags.mark_flags_as_required(["config"], flag_values=FLAGS)
 
 
-def main(argv: Sequence[str]) -> None:
-    """Flags -> train_and_evaluate; a config, data or run-folder error exits with one line (--verbose: traceback)."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Flags (argv without the program; default sys.argv[1:]) -> train_and_evaluate -> the exit code."""
+    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.train", *(sys.argv[1:] if argv is None else argv)])
+    if len(rest) > 1:
+        return cli.fail(ValueError(f"unexpected arguments: {rest[1:]}"), False)
     cli.setup_logging(_VERBOSE.value)
     try:
         sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Stopped as e:  # SIGTERM (preemption) or Ctrl-C: a checkpoint was saved at a step boundary
-        sys.exit(cli.stopped(e))
+        return cli.stopped(e)
     except (ValueError, OSError, FloatingPointError, ImportError) as e:
-        sys.exit(cli.fail(e, _VERBOSE.value))
+        return cli.fail(e, _VERBOSE.value)
+    return cli.OK
 
 
 def run() -> None:
     """The console entry point (also used by the top-level train.py)."""
-    cli.run_app(main, __doc__, sys.argv)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

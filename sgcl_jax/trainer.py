@@ -7,11 +7,11 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from sgcl_jax import checkpointing, data, runs, scoring, sharding, sts, tasks
@@ -350,9 +350,9 @@ def finished_results(cfg: Config, workdir: Path) -> dict[str, Any] | None:
     return results
 
 
-def train_and_evaluate(config: Config | ml_collections.ConfigDict | dict, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(config: Config | Mapping[str, Any], workdir: str | Path) -> dict[str, Any]:
     """Runs every configured seed (config.seeds, else config.seed) and returns the results (mean +- std)."""
-    cfg = config if isinstance(config, Config) else Config.from_dict(config)
+    cfg = Config.from_dict(config)  # checked whole: the flag parser sets fields one by one, unchecked
     workdir = Path(workdir)
     if not cfg.seeds:
         done = finished_results(cfg, workdir)

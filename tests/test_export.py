@@ -13,7 +13,7 @@ import torch
 from safetensors.numpy import load_file
 
 import sgcl_jax
-from sgcl_jax import evaluate, export
+from sgcl_jax import evaluate, export, pretrained, pytorch_export
 from sgcl_jax.model import load_guide
 from sgcl_jax.pretrained import flatten, load_pretrained, resolve
 from sgcl_jax.runs import read_config
@@ -55,7 +55,7 @@ def test_export_both_formats_match_jax(trained, tmp_path):
     assert np.abs(st.encode(SENTENCES) - want).max() <= 1e-4
     assert st.max_seq_length == 24 and st.similarity_fn_name == "cosine"
     for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
-                 "1_Pooling/config.json", "model.safetensors", "tokenizer.json", export.MARKER):
+                 "1_Pooling/config.json", "model.safetensors", "tokenizer.json", pytorch_export.MARKER):
         assert (out / name).exists(), name
     assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "cls"
     card = (out / "README.md").read_text()
@@ -136,7 +136,7 @@ def test_refusals(trained, tmp_path, monkeypatch, capsys):
     assert "--overwrite" in capsys.readouterr().err and (busy / "keep.txt").exists()
 
     # A mapping bug that changes one tensor must be caught by the PyTorch check, and nothing is left behind.
-    real = export.state_dict_from_params
+    real = pretrained.state_dict_from_params
 
     def broken(params, pooler=None):
         sd = real(params, pooler)
@@ -145,7 +145,7 @@ def test_refusals(trained, tmp_path, monkeypatch, capsys):
         sd["encoder.layer.1.output.dense.bias"] = bias
         return sd
 
-    monkeypatch.setattr(export, "state_dict_from_params", broken)
+    monkeypatch.setattr(pytorch_export, "state_dict_from_params", broken)
     assert export.main(["--checkpoint", str(trained), "--out", str(tmp_path / "bad")]) == 1
     assert "export refused" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.staging-*"))

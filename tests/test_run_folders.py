@@ -96,7 +96,7 @@ def _nan_model(tmp_path: Path) -> Path:
 
 
 def test_4_export_never_deletes_the_run(finished, tmp_path):
-    from sgcl_jax import export
+    from sgcl_jax import export, pytorch_export
 
     before = snapshot(finished)
     for out in (finished, finished / "exported", finished.parent):
@@ -110,7 +110,7 @@ def test_4_export_never_deletes_the_run(finished, tmp_path):
     target = tmp_path / "export"
     assert export.main(["--checkpoint", str(finished), "--out", str(target), "--format", "hf"]) == 0
     assert export.main(["--checkpoint", str(finished), "--out", str(target), "--format", "hf", "--overwrite"]) == 0
-    assert (target / export.MARKER).exists()
+    assert (target / pytorch_export.MARKER).exists()
 
 
 def test_5_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny_config, caplog):

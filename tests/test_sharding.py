@@ -60,30 +60,23 @@ def _two_processes(cmd, env, signal_after=None):
 
 
 @pytest.mark.slow
-def test_two_processes(tmp_path, train_cmd, subprocess_env):
-    cmd = train_cmd(tmp_path, "--config.train.num_steps=4", "--config.train.eval_every=2",
-                    "--config.train.checkpoint_every=4")
-    procs, outs = _two_processes(cmd, subprocess_env)
-    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
-    assert "process 0 of 2" in outs[0] and "process 1 of 2" in outs[1]
-    assert "mesh {'data': 2, 'model': 1} over 2 cpu device(s) in 2 process(es); global batch 8 = 4 per" in outs[0]
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["4"]
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert res["training"]["step"] == 4 and np.isfinite(res["tasks"]["STSB"]["score"])
-    assert "task" in outs[0] and "task" not in outs[1]  # only process 0 prints the results table
-
-
-@pytest.mark.slow
-def test_two_processes_preempted_resume_bitwise(tmp_path, train_cmd, subprocess_env):
-    """SIGTERM on both processes (a pod's preemption notice): both save the same step through JAX's preemption
-    sync point, exit 0, and the resumed run ends bitwise where an uninterrupted 2-process run ends."""
+def test_two_processes_train_and_resume_bitwise_after_a_preemption(tmp_path, train_cmd, subprocess_env):
+    """2 local processes train one run (process 0 alone prints); SIGTERM on both (a pod's preemption notice): both
+    save the same step through JAX's preemption sync point, exit 0, and the resumed run ends bitwise where the
+    uninterrupted 2-process run ends."""
     from tests.test_trainer import assert_same_run
 
     extra = ("--config.train.num_steps=120", "--config.train.eval_every=40", "--config.train.checkpoint_every=40",
              "--config.train.log_every=1")
     straight, preempted = tmp_path / "straight", tmp_path / "preempted"
     procs, outs = _two_processes(train_cmd(straight, *extra), subprocess_env)
-    assert all(p.returncode == 0 for p in procs), outs[0][-2000:]
+    assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    assert "process 0 of 2" in outs[0] and "process 1 of 2" in outs[1]
+    assert "mesh {'data': 2, 'model': 1} over 2 cpu device(s) in 2 process(es); global batch 8 = 4 per" in outs[0]
+    assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == [80, 120]
+    res = json.loads((straight / "results.json").read_text())
+    assert res["training"]["step"] == 120 and np.isfinite(res["tasks"]["STSB"]["score"])
+    assert "task" in outs[0] and "task" not in outs[1]  # only process 0 prints the results table
     procs, outs = _two_processes(train_cmd(preempted, *extra), subprocess_env,
                                  signal_after=preempted / "checkpoints" / "40")
     assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]

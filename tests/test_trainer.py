@@ -224,18 +224,17 @@ def test_cli_errors_are_one_line_and_touch_nothing(tmp_path, train_cmd, subproce
 def test_mistyped_overrides_and_help_answer_before_anything_starts(tmp_path, repo_root, capsys):
     """A mistyped field or section is one line naming it (exit 1); --help prints the program's description and its
     own flags (exit 0); both before any flag parsing, model or folder."""
-    from sgcl_jax import cli
     from sgcl_jax import train as train_cli
 
     workdir = tmp_path / "w"
-    base = ["train.py", "--config", str(repo_root / "configs/tiny.py"), "--workdir", str(workdir)]
+    base = ["--config", str(repo_root / "configs/tiny.py"), "--workdir", str(workdir)]
     for flag, line in (("--config.optim.lrr=1e-3", "error: config: optim.lrr: no such field (fields of optim: "),
                        ("--config.optimm.lr=1", "error: config: optimm.lr: no such field (fields of config: ")):
         with pytest.raises(SystemExit) as e:
-            cli.run_app(train_cli.main, train_cli.__doc__, [*base, flag])
+            train_cli.main([*base, flag])
         assert str(e.value.code).startswith(line) and "\n" not in str(e.value.code) and not workdir.exists()
     with pytest.raises(SystemExit) as e:
-        cli.run_app(train_cli.main, train_cli.__doc__, [*base, "--help"])
+        train_cli.main([*base, "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and out.startswith("Trains an SG-BERT sentence encoder.") and "--workdir:" in out
 
