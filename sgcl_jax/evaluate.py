@@ -19,10 +19,11 @@ from absl import flags
 
 from sgcl_jax import cli, tasks
 from sgcl_jax.config import CLASSIFIERS, DTYPES, POOLINGS
+from sgcl_jax.evaluators import evaluate
 from sgcl_jax.files import write_json
 from sgcl_jax.pictures import layer_grid, pair_picture, plot_layer_grid
 from sgcl_jax.runs import RunError, is_run, load_encoder, resolve_checkpoint
-from sgcl_jax.scoring import AGGREGATIONS, METRICS, Settings, evaluate, format_table
+from sgcl_jax.scoring import AGGREGATIONS, METRICS, Settings, format_table
 
 FLAGS = flags.FlagValues()
 _MODEL = flags.DEFINE_multi_string("model", [], "'minilm', a Hugging Face folder or hub id, or a training run folder; "

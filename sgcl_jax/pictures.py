@@ -13,7 +13,8 @@ import numpy as np
 from sgcl_jax import sts, tasks
 from sgcl_jax.config import POOLINGS
 from sgcl_jax.encoder import SentenceEncoder, all_layers_fn, run_sorted
-from sgcl_jax.scoring import Settings, correlation, cosine, protocol
+from sgcl_jax.evaluators import Sts, encoder_protocol
+from sgcl_jax.scoring import Settings, correlation, cosine
 
 
 def layer_grid(encoder: SentenceEncoder, data_dir: str | os.PathLike | None = None, metric: str = "spearman",
@@ -27,7 +28,8 @@ def layer_grid(encoder: SentenceEncoder, data_dir: str | os.PathLike | None = No
     i1, i2 = [index[s] for s in sub.sent1], [index[s] for s in sub.sent2]
     grid = np.array([[correlation(cosine(emb[layer, p][i1], emb[layer, p][i2]), sub.gold, metric)
                       for p in range(len(POOLINGS))] for layer in range(emb.shape[0])])
-    return {"protocol": {**protocol(encoder, Settings(metric=metric), ["STSB"]), "pooling": list(POOLINGS),
+    sts_protocol = Sts(["STSB"], Settings(metric=metric)).protocol()
+    return {"protocol": {**encoder_protocol(encoder), **sts_protocol, "pooling": list(POOLINGS),
                          "layer": "each", "task": "STSB test"},
             "layers": list(range(emb.shape[0])), "poolings": list(POOLINGS), "scores": grid.tolist()}
 

@@ -1,5 +1,6 @@
-"""Scoring an encoder with an explicit protocol: STS (English, STS 2017, any STS-format folder) with its metric and
-aggregation, SentEval's transfer tasks (through `transfer.py`), the results record and its table.
+"""Scoring primitives under an explicit protocol: the settings, cosine, the STS correlations and their aggregation,
+reading and scoring STS tasks (every distinct sentence encoded once), the averages and the results table. The
+evaluators (`sgcl_jax.evaluators`) are built on these.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 import urllib.error
 import zipfile
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from sgcl_jax import sts, tasks, transfer
+from sgcl_jax import sts, tasks
 from sgcl_jax.encoder import SentenceEncoder
 
 log = logging.getLogger(__name__)
@@ -87,21 +87,6 @@ def aggregate(preds: Sequence[np.ndarray], golds: Sequence[np.ndarray], metric: 
     raise ValueError(f"unknown aggregation {aggregation!r}; choose from {AGGREGATIONS}")
 
 
-def protocol(encoder: SentenceEncoder, settings: Settings, names: Sequence[str]) -> dict[str, Any]:
-    """The evaluation protocol, printed and saved next to every score."""
-    kinds = {tasks.kind(t) for t in names}
-    out: dict[str, Any] = {"model": encoder.source, "pooling": encoder.pooling, "layer": encoder.layer,
-                           "max_length": encoder.max_length, "dtype": encoder.dtype, "text": TEXT}
-    if kinds & {"sts", "sts17", "folder"}:
-        out.update({"similarity": "cosine", "sts_metric": settings.metric if settings.metric != "auto" else
-                    "spearman (pearson for STS17, as the paper)", "scale": "x100",
-                    "aggregation_sts12_16": settings.aggregation, "stsb_split": "test (1379 pairs)",
-                    "sickr_split": "test (4927 pairs)"})
-    if "transfer" in kinds:
-        out.update(transfer.transfer_protocol(settings.classifier, settings.kfold, settings.classifier_seeds))
-    return out
-
-
 def load_sts_tasks(names: Sequence[str], data_dir: str | os.PathLike | None, download: bool = False
                    ) -> tuple[dict[str, list[sts.Subset]], dict[str, str]]:
     """Reads each STS task; a missing one is reported (or downloaded when asked), malformed files raise."""
@@ -157,31 +142,6 @@ def averages(results: dict[str, dict[str, Any]], requested: Sequence[str]) -> di
             out[group] = {"score": float(np.mean([results[t]["score"] for t in got])), "tasks": got,
                           "complete": len(got) == len(wanted), "of": len(wanted)}
     return out
-
-
-def evaluate(encoder: SentenceEncoder, names: Sequence[str] = tasks.STS_TASKS, settings: Settings | None = None
-             ) -> dict[str, Any]:
-    """Scores the encoder: {"protocol", "tasks": {name: {"score", "metric", "n", ...}}, "average", "averages",
-    "missing", "seconds"}. "average" is the English STS average when STS tasks were asked for, else the first
-    other kind's; each average says which tasks it covers and whether that is all that was asked for."""
-    settings = settings or Settings()
-    names = tasks.expand(names)
-    t0 = time.perf_counter()
-    sts_names = [t for t in names if tasks.kind(t) != "transfer"]
-    loaded, missing = load_sts_tasks(sts_names, settings.data_dir, settings.download)
-    results = score_sts(encoder, loaded, settings)
-    transfer_names = [t for t in names if tasks.kind(t) == "transfer"]
-    if transfer_names:
-        scored, gone = transfer.evaluate_tasks(encoder, transfer_names, settings.senteval_dir, settings.classifier,
-                                               settings.kfold, settings.classifier_seeds, settings.batch_size,
-                                               settings.cache_dir)
-        results.update(scored)
-        missing.update(gone)
-    results = {t: results[t] for t in names if t in results}
-    avgs = averages(results, names)
-    return {"protocol": protocol(encoder, settings, names), "tasks": results,
-            "average": next(iter(avgs.values()), None), "averages": avgs, "missing": missing,
-            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _cell(score: float, std: float | None) -> str:

@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from sgcl_jax import paper, scoring, tasks
+from sgcl_jax import evaluators, paper, scoring, tasks
 from sgcl_jax.config import Config, ConfigError
 from sgcl_jax.encoder import SentenceEncoder
 from sgcl_jax.files import read_json, write_json, write_text
 from sgcl_jax.model import load_guide
 from sgcl_jax.tables import format_study
-from sgcl_jax.trainer import dev_set, finished_results, summarise_seeds, train_and_evaluate
+from sgcl_jax.trainer import finished_results, summarise_seeds, train_and_evaluate
 
 log = logging.getLogger(__name__)
 EXPERIMENTS = ("ablation", "domain", "recipe", "transfer")
@@ -196,10 +196,9 @@ def untrained(cfg: Config, pooling: str, workdir: Path) -> dict[str, Any]:
     guide = load_guide(cfg.model)
     enc = SentenceEncoder(guide.config, guide.params, guide.tokenizer, cfg.model.max_length, cfg.eval.dtype, pooling,
                           source=f"{cfg.model.name} (untrained)")
-    result = scoring.evaluate(enc, cfg.eval.final_tasks, settings=scoring.Settings.from_config(cfg))
-    dev = dev_set(cfg)
-    dev_score = None if dev is None else scoring.score_sts(enc, {"dev": [dev]}, batch_size=cfg.eval.batch_size,
-                                                            progress=False)["dev"]["score"]
+    result = evaluators.evaluate(enc, evaluators.from_config(cfg))
+    dev = evaluators.StsbDev.from_config(cfg)
+    dev_score = None if dev is None else dev.score(enc)
     out = {**wanted, "dev": dev_score, "tasks_scores": {t: r["score"] for t, r in result["tasks"].items()},
            "protocol": result["protocol"]}
     write_json(out, path)

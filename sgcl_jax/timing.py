@@ -249,8 +249,9 @@ def bench_transfer(encoder_name: str, tasks: Sequence[str], classifier: str, kfo
                    cache_dir: str | None = None, sklearn_sample: int = 0) -> dict[str, Any]:
     """Times the transfer evaluation (encoding included) and its classifier stage against the measured matmul
     rate; with `sklearn_tasks`, also the same logreg penalty-search fits run one after another with scikit-learn."""
+    from sgcl_jax.evaluators import evaluate
     from sgcl_jax.runs import load_encoder
-    from sgcl_jax.scoring import Settings, evaluate
+    from sgcl_jax.scoring import Settings
 
     rate = matmul_rate()
     encoder = load_encoder(encoder_name, pooling=pooling)

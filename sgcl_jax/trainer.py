@@ -14,10 +14,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from sgcl_jax import checkpointing, data, runs, scoring, sharding, sts, tasks
+from sgcl_jax import checkpointing, data, evaluators, runs, scoring, sharding
 from sgcl_jax.bookkeeping import Records, RunState, StepTimer
 from sgcl_jax.config import Config
 from sgcl_jax.encoder import SentenceEncoder
+from sgcl_jax.evaluators import Evaluator, StsbDev
 from sgcl_jax.files import write_json
 from sgcl_jax.identity import IDENTITY, check_identity, identity, identity_mismatch, read_identity
 from sgcl_jax.interrupts import Interrupts, Stopped
@@ -32,15 +33,6 @@ class DivergenceError(FloatingPointError):
 
 
 # ------------------------------------------------------------------------------------------ one run
-
-
-def dev_set(cfg: Config) -> sts.Subset | None:
-    """STS-B dev (selects the best checkpoint), or None with a warning when the data folder lacks it."""
-    try:
-        return sts.read_stsb(tasks.data_folder("sts", cfg.data.data_dir or None) / sts.FOLDERS["STSB"], "dev")
-    except sts.MissingData as e:
-        log.warning("no STS-B dev set (%s): training runs without model selection or early stopping", e)
-        return None
 
 
 def _check_finite(state: Any, ckpt: checkpointing.Checkpoints, cfg: Config, loss: float | None = None) -> None:
@@ -78,7 +70,8 @@ def train_one(cfg: Config, workdir: Path) -> dict[str, Any]:
     total = cfg.train.num_steps or cfg.data.num_epochs * batches.steps_per_epoch
     run_identity = {**identity(cfg), "guide.fingerprint": guide_model.fingerprint(),
                     "data.fingerprint": data.fingerprint(sentences) if shared else "per-process"}
-    setup = Setup(cfg, workdir, guide_model, spec, batches, total, run_identity, dev_set(cfg), mesh)
+    setup = Setup(cfg, workdir, guide_model, spec, batches, total, run_identity, StsbDev.from_config(cfg),
+                  evaluators.from_config(cfg, workdir), mesh)
 
     resuming = _check_resume(workdir, run_identity)  # before the folder changes in any way, lock included
     with runs.RunLock(workdir) if proc0 else contextlib.nullcontext(), Interrupts() as interrupts:
@@ -116,7 +109,8 @@ class Setup:
     batches: data.Batches
     total: int  # steps in the schedule
     identity: dict[str, Any]
-    dev: sts.Subset | None
+    dev: StsbDev | None  # the model selection; None without an STS-B dev set
+    final: list[Evaluator]  # eval.final_tasks, by protocol
     mesh: Any
 
 
@@ -171,8 +165,7 @@ class Trainer:
     def dev_eval(self, step: int, trainable: Any, counts: bool) -> None:
         """Scores STS-B dev, records it, saves a new best and applies the early-stopping rule."""
         cfg, run = self.cfg, self.run
-        score = scoring.score_sts(self.encoder(trainable), {"dev": [self.setup.dev]}, batch_size=cfg.eval.batch_size,
-                                  progress=False, finite=False)["dev"]["score"]
+        score = self.setup.dev.score(self.encoder(trainable))
         if run.record_dev(step, score, cfg.train.patience, counts) and step > 0:
             self.ckpt.save_best(step, self.state.params, {"step": step, "dev_score": score,
                                                           "identity": self.setup.identity})
@@ -254,8 +247,7 @@ class Trainer:
         cfg, run, workdir = self.cfg, self.run, self.workdir
 
         def score(trainable: Any, label: str) -> dict[str, Any]:
-            return scoring.evaluate(self.encoder(trainable, f"{workdir} ({label})"), cfg.eval.final_tasks,
-                                    settings=scoring.Settings.from_config(cfg, workdir))
+            return evaluators.evaluate(self.encoder(trainable, f"{workdir} ({label})"), self.setup.final)
 
         params = self.state.params
         if run.best_step is None or run.best_step == step:
@@ -297,7 +289,7 @@ def print_results(results: dict[str, Any]) -> None:
 def add_last(results: dict[str, Any], workdir: Path, cfg: Config) -> dict[str, Any]:
     """Adds the last checkpoint's scores to a finished seed that was trained without eval.also_last."""
     enc = runs.load_run(workdir, "latest").encoder()
-    last = scoring.evaluate(enc, cfg.eval.final_tasks, settings=scoring.Settings.from_config(cfg, workdir))
+    last = evaluators.evaluate(enc, evaluators.from_config(cfg, workdir))
     results["last"] = {"step": results["training"]["step"], "tasks": last["tasks"], "average": last["average"]}
     if jax.process_index() == 0:
         write_json(results, workdir / runs.RESULTS)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sgcl_jax import evaluate as ev
-from sgcl_jax import pictures, scoring
+from sgcl_jax import evaluators, pictures, scoring
 from sgcl_jax.encoder import SentenceEncoder
 
 
@@ -49,7 +49,7 @@ def test_aggregations_differ_and_match_definitions():
 @pytest.mark.slow
 def test_minilm_cls_gate(minilm, data_dir):
     enc = SentenceEncoder(minilm.config, minilm.params, minilm.tokenizer, pooling="cls")
-    res = scoring.evaluate(enc, ["STSB"], scoring.Settings(data_dir=str(data_dir)))
+    res = evaluators.evaluate(enc, ["STSB"], scoring.Settings(data_dir=str(data_dir)))
     assert res["tasks"]["STSB"]["n"] == 1379
     assert res["tasks"]["STSB"]["score"] == pytest.approx(73.50, abs=0.05)
     assert res["protocol"]["pooling"] == "cls" and res["protocol"]["aggregation_sts12_16"] == "all"

@@ -171,7 +171,7 @@ def test_untrained_baselines_are_measured_once(tmp_path, tiny_config, monkeypatc
     def no_encoding(*args, **kwargs):
         raise AssertionError("encoded again")
 
-    monkeypatch.setattr(study.scoring, "evaluate", no_encoding)
+    monkeypatch.setattr(study.evaluators, "evaluate", no_encoding)
     assert study.untrained(cfg, "mean", tmp_path) == first
     with pytest.raises(AssertionError, match="encoded again"):
         study.untrained(cfg.replace(**{"eval.final_tasks": ("STSB", "SICKR")}), "mean", tmp_path)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import sgcl_jax
-from sgcl_jax import checkpointing, evaluate, identity, runs, scoring, sts
+from sgcl_jax import checkpointing, evaluate, evaluators, identity, runs, sts
 from sgcl_jax.pretrained import load_pretrained
 from sgcl_jax.trainer import DivergenceError, train_and_evaluate
 
@@ -78,7 +78,7 @@ def test_3_divergence_stops_before_anything_non_finite_is_saved(tmp_path, tiny_c
     write(tmp_path / "pairs" / "STS.input.toy.txt", "".join(f"a cat {i}\ta dog {i}\n" for i in range(4)))
     write(tmp_path / "pairs" / "STS.gs.toy.txt", "4\n3\n2\n1\n")
     with pytest.raises(ValueError, match="not finite"):
-        scoring.evaluate(encoder, [str(tmp_path / "pairs")])
+        evaluators.evaluate(encoder, [str(tmp_path / "pairs")])
 
 
 def _nan_model(tmp_path: Path) -> Path:
