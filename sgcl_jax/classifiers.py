@@ -21,9 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sgcl_jax.newton_cg import logreg_program
+
 LOGREG_GRID = {"inner_kfold": tuple(2.0**t for t in range(-2, 4)), "split": tuple(2.0**t for t in range(-2, 4)),
                "kfold": tuple(2.0**t for t in range(-1, 6))}
 MLP_GRID = tuple(10.0**t for t in range(-5, -1))
+# The MLP fits advance this many validation checks per call, then the finished ones leave; the ones still running
+# go on in the narrowest of MLP_WIDTHS widths (chunk, chunk/2, ...), each one compile.
+SEGMENT_CHECKS = 4
+MLP_WIDTHS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,114 +48,6 @@ def _where(cond: jax.Array, a: Any, b: Any) -> Any:
     return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
-@functools.lru_cache(maxsize=16)
-def _logreg_program(nclasses: int, max_iter: int, tol: float, max_cg: int = 50) -> Callable[..., Any]:
-    """A jitted (X, y, weights (n, F), C (F,)) -> (W (d+1, k, F), data products per fit, Newton iterations per fit):
-    every fit at once.
-
-    Newton's method with preconditioned conjugate gradients on scikit-learn's objective divided by C * n (the
-    same minimiser): mean cross-entropy + ||W||^2 / (2 C n), the intercept unpenalised. The fits are the columns
-    of one matrix, so each product with the data is one matrix multiplication for all of them (X @ W is (n, F)).
-    The preconditioner is each fit's Hessian with every probability at 1/2: X^T X / (4 n) + its penalty, factored
-    once. A fit stops when its Newton decrement g.H^-1.g (twice its remaining suboptimality) is below `tol`, or
-    when no step decreases its objective (the float32 floor). Written out rather than an optax solver vmapped
-    over fits: that nests a line-search loop per fit and runs many small products instead of a few large ones.
-    """
-    k = 1 if nclasses == 2 else nclasses  # binomial: one logit z, p = sigmoid(z); else softmax over k
-    steps = jnp.asarray([1.0, 0.5, 0.25, 0.125, 0.0625, 1 / 32, 1 / 64])
-
-    def fit(x, y, weights, c):
-        n_fit = jnp.sum(weights, axis=0)  # (F,)
-        xa = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)  # (n, D)
-        dim, fits = xa.shape[1], weights.shape[1]
-        penalty = jnp.where(jnp.arange(dim)[:, None] < dim - 1, 1.0 / (c * n_fit), 0.0)  # (D, F)
-        lam = penalty[:, None, :]  # (D, 1, F)
-        # Softmax's logits can all shift together, and the intercepts are not penalised: that direction has no
-        # curvature. A tiny damping of the intercepts in the Newton system keeps it solvable; the gradient, and
-        # so the solution, are the objective's own.
-        damping = lam + jnp.where(jnp.arange(dim)[:, None, None] == dim - 1, 1e-6, 0.0)
-        onehot = jax.nn.one_hot(y, nclasses)
-        target = onehot[:, 1:] if k == 1 else onehot  # (n, k)
-        scale = weights / n_fit  # (n, F): each fit's rows, averaged
-        gram = xa.T @ xa / (4.0 * x.shape[0])
-        # Inverted once (a tiny ridge keeps the unpenalised intercept's direction invertible), then applied as
-        # one batched product per conjugate-gradient step: triangular solves are slow on CPUs.
-        inverse = jnp.linalg.inv(gram[None] + jax.vmap(jnp.diag)(penalty.T + 1e-6))  # (F, D, D)
-
-        def precondition(r):  # (D, k, F) -> (D, k, F)
-            return jnp.einsum("fde,ekf->dkf", inverse, r)
-
-        def logits(w):  # (D, k, F) -> (n, k, F)
-            return jnp.einsum("nd,dkf->nkf", xa, w)
-
-        def probs(z):
-            return jax.nn.sigmoid(z) if k == 1 else jax.nn.softmax(z, axis=1)
-
-        def ce(z):  # (n, k, F) -> (n, F)
-            if k == 1:
-                return jax.nn.softplus(z[:, 0]) - target[:, 0, None] * z[:, 0]
-            return jax.nn.logsumexp(z, axis=1) - jnp.einsum("nk,nkf->nf", target, z)
-
-        def change(z, w, dz, dw, t):
-            # The objective's change for a step -t, summed row by row and with the penalty written in w.dw:
-            # float32 then resolves changes far below the objective's own rounding (about 3e-8 of it).
-            data = jnp.sum(scale * (ce(z - t * dz) - ce(z)), axis=0)
-            return data + jnp.sum(lam * (0.5 * t * t * dw * dw - t * w * dw), axis=(0, 1))
-
-        def gradient(z, w):
-            residual = (probs(z) - target[:, :, None]) * scale[:, None, :]
-            return jnp.einsum("nd,nkf->dkf", xa, residual) + lam * w
-
-        def hvp(p, v):  # each fit's Hessian times its column of v
-            u = logits(v)
-            r = p * (1 - p) * u if k == 1 else p * u - p * jnp.sum(p * u, axis=1, keepdims=True)
-            return jnp.einsum("nd,nkf->dkf", xa, r * scale[:, None, :]) + damping * v
-
-        def dot(a, b):
-            return jnp.sum(a * b, axis=(0, 1))
-
-        def newton(state):
-            w, z, iters, products, done = state
-            g = gradient(z, w)
-            p = probs(z)
-            active = ~done
-
-            def cg(cg_state):  # preconditioned conjugate gradients for H d = g, all fits at once
-                d, r, q, rz, it, count = cg_state
-                hq = hvp(p, q)
-                alpha = rz / jnp.maximum(dot(q, hq), 1e-30)
-                going = active & (dot(r, r) > 1e-8 * dot(g, g))
-                d = jnp.where(going, d + alpha * q, d)
-                r = jnp.where(going, r - alpha * hq, r)
-                zr = precondition(r)
-                rz_new = dot(r, zr)
-                q = jnp.where(going, zr + rz_new / jnp.maximum(rz, 1e-30) * q, q)
-                count = count + 2 * going.astype(jnp.int32)  # X v and X^T r
-                return d, r, q, jnp.where(going, rz_new, rz), it + 1, count
-
-            zg = precondition(g)
-            start = (jnp.zeros_like(w), g, zg, dot(g, zg), 0, products)
-            direction, r, *_, products = jax.lax.while_loop(
-                lambda s: (s[4] < max_cg) & jnp.any(active & (dot(s[1], s[1]) > 1e-8 * dot(g, g))), cg, start)
-            decrement = dot(g, direction)  # ~ g.H^-1.g
-            dz = logits(direction)
-            tried = jnp.stack([change(z, w, dz, direction, t) for t in steps])  # (steps, F)
-            better = jnp.min(tried, axis=0) < 0
-            t = jnp.where(active & better, steps[jnp.argmin(tried, axis=0)], 0.0)
-            products = products + 2 * active.astype(jnp.int32)  # the gradient and X @ direction
-            iters = iters + active.astype(jnp.int32)
-            done = done | ~better | (decrement < tol) | (iters >= max_iter)
-            return w - t * direction, z - t * dz, iters, products, done
-
-        w0 = jnp.zeros((dim, k, fits), x.dtype)
-        zero = jnp.zeros((fits,), jnp.int32)
-        state = (w0, logits(w0), zero, zero, jnp.zeros((fits,), bool))
-        w, _, iters, products, _ = jax.lax.while_loop(lambda s: ~jnp.all(s[4]), newton, state)
-        return w, products, iters
-
-    return jax.jit(fit)
-
-
 def _mlp_forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
 
@@ -160,9 +58,12 @@ def _logreg_forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=16)
-def _mlp_program(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_max: int) -> Callable[..., Any]:
-    """A jitted (X, y, train_idx (F, t), n_train (F,), val_idx (F, v), n_val (F,), l2 (F,), seed (F,)) ->
-    (best params, best validation accuracy, epochs run): SentEval's MLP fit for every fit, vmapped."""
+def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_max: int
+                  ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Two jitted programs of SentEval's MLP fit, vmapped over fits: `start(seed (F,))` -> the fits' states, and
+    `advance(X, y, train_idx (F, t), n_train (F,), val_idx (F, v), n_val (F,), l2 (F,), seed (F,), state)` -> the
+    states after at most SEGMENT_CHECKS more validation checks (a stopped fit does not change). A state is
+    (params, optimiser state, best params, best validation accuracy, non-improving checks, stopped, epochs run)."""
     n_batches = math.ceil(train_max / cfg.batch_size)
 
     def init(key: jax.Array) -> dict[str, jax.Array]:
@@ -174,11 +75,18 @@ def _mlp_program(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_ma
                 "w2": jax.random.uniform(k[2], (cfg.nhid, nclasses), minval=-b, maxval=b),
                 "b2": jax.random.uniform(k[3], (nclasses,), minval=-b, maxval=b)}
 
-    def fit(x, y, train_idx, n_train, val_idx, n_val, l2, seed):
+    def optimizer(l2: jax.Array) -> optax.GradientTransformation:
         # torch's Adam with weight_decay: the L2 term added to the gradient (not decoupled), on every parameter.
-        tx = optax.chain(optax.add_decayed_weights(l2), optax.adam(cfg.lr))
-        key = jax.random.key(seed)  # SentEval seeds every MLP with the same seed: the same start for every fit
-        params = init(jax.random.fold_in(key, 0))
+        return optax.chain(optax.add_decayed_weights(l2), optax.adam(cfg.lr))
+
+    def start(seed):
+        # SentEval seeds every MLP with the same seed: the same start for every fit.
+        params = init(jax.random.fold_in(jax.random.key(seed), 0))
+        return (params, optimizer(0.0).init(params), params, jnp.float32(-1.0), jnp.int32(0), jnp.bool_(False),
+                jnp.int32(0))
+
+    def advance(x, y, train_idx, n_train, val_idx, n_val, l2, seed, state):
+        tx, key = optimizer(l2), jax.random.key(seed)
 
         def val_accuracy(p):
             rows = jnp.arange(val_max) < n_val
@@ -207,8 +115,9 @@ def _mlp_program(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_ma
             (p, opt, _), _ = jax.lax.scan(one_batch, (p, opt, order), jnp.arange(n_batches))
             return (p, opt), None
 
-        def epoch(state):
-            p, opt, best, best_acc, count, stop, nepoch = state
+        def epoch(carry):
+            (p, opt, best, best_acc, count, stop, nepoch), checks = carry
+            # The pass keys depend on the epoch count only: a fit continued over several calls is the same fit.
             keys = jax.random.split(jax.random.fold_in(key, nepoch + 1), cfg.epoch_size)
             (p, opt), _ = jax.lax.scan(one_pass, (p, opt), keys)
             acc = val_accuracy(p)
@@ -217,13 +126,16 @@ def _mlp_program(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_ma
             stop = ~improved & (count >= cfg.tenacity)
             count = count + (~improved).astype(jnp.int32)
             return (p, opt, _where(improved, p, best), jnp.maximum(acc, best_acc), count, stop,
-                    nepoch + cfg.epoch_size)
+                    nepoch + cfg.epoch_size), checks + 1
 
-        state = (params, tx.init(params), params, jnp.float32(-1.0), jnp.int32(0), jnp.bool_(False), jnp.int32(0))
-        state = jax.lax.while_loop(lambda s: ~s[5] & (s[6] <= cfg.max_epoch), epoch, state)
-        return state[2], state[3], state[6]
+        def running(carry):
+            (*_, stop, nepoch), checks = carry
+            return ~stop & (nepoch <= cfg.max_epoch) & (checks < SEGMENT_CHECKS)
 
-    return jax.jit(jax.vmap(fit, in_axes=(None, None, 0, 0, 0, 0, 0, 0)))
+        return jax.lax.while_loop(running, epoch, (state, jnp.int32(0)))[0]
+
+    return (jax.jit(jax.vmap(start)),
+            jax.jit(jax.vmap(advance, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))))
 
 
 @dataclasses.dataclass
@@ -285,7 +197,7 @@ def _train_logreg(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded:
     for col, i in enumerate(padded):
         weights[fits.train[i], col] = 1.0
     regs = jnp.asarray([fits.reg[i] for i in padded], jnp.float32)
-    w, products, iters = _logreg_program(nclasses, max_iter, tol)(x, y, jnp.asarray(weights), regs)
+    w, products, iters = logreg_program(nclasses, max_iter, tol)(x, y, jnp.asarray(weights), regs)
     w, products = np.asarray(w), np.asarray(products).astype(np.float64)
     stats.iterations = max(stats.iterations, int(np.max(iters)))
     product = 2 * n * (d + 1) * (1 if nclasses == 2 else nclasses)  # the data times one fit's parameters
@@ -298,27 +210,42 @@ def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: li
                sizes: tuple[int, int], cfg: MLPConfig, stats: Stats, tol: float, max_iter: int
                ) -> tuple[Any, np.ndarray]:
     """One chunk of SentEval MLP fits, vmapped (the first `real` are not padding); returns the best params and best
-    validation accuracy of each."""
+    validation accuracy of each. The fits advance SEGMENT_CHECKS validation checks at a time, and only the ones
+    still running go on, packed into the narrowest of a few fixed widths: a finished fit costs nothing more (a
+    vmapped loop would otherwise run every fit until the slowest stops)."""
     d = x.shape[1]
     train_max, val_max = sizes
     chunk = len(padded)
     train_idx, n_train = _pad([fits.train[i] for i in padded], train_max)
     val_idx, n_val = _pad([fits.val[i] for i in padded], val_max)
-    program = _mlp_program(cfg, nclasses, d, train_max, val_max)
-    out, best, epochs = program(x, y, train_idx, n_train, val_idx, n_val,
-                                jnp.asarray([fits.reg[i] for i in padded], jnp.float32),
-                                jnp.asarray([fits.seed[i] for i in padded], jnp.uint32))
+    l2 = np.asarray([fits.reg[i] for i in padded], np.float32)
+    seeds = np.asarray([fits.seed[i] for i in padded], np.uint32)
+    start, advance = _mlp_programs(cfg, nclasses, d, train_max, val_max)
+    state = jax.tree.map(np.array, start(jnp.asarray(seeds)))
+    layer = d * cfg.nhid + cfg.nhid * nclasses
+    per_epoch = train_max // cfg.batch_size * 6 * cfg.batch_size * layer + 2 * val_max * layer / cfg.epoch_size
+    active = np.arange(real)  # the padding rows repeat a real fit: they need not run
+    while active.size:
+        width = chunk
+        while width // 2 >= active.size and width > max(1, chunk // MLP_WIDTHS):
+            width //= 2  # a few widths only: each is one compile
+        rows = np.concatenate([active, np.full(width - active.size, active[-1])])
+        before = state[6][active].copy()
+        new = advance(x, y, train_idx[rows], n_train[rows], val_idx[rows], n_val[rows], l2[rows], seeds[rows],
+                      jax.tree.map(lambda a, r=rows: a[r], state))
+        new = jax.tree.map(lambda a, n=active.size: np.asarray(a)[:n], new)
+        for leaf, value in zip(jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
+            leaf[active] = value
+        stats.executed_flops += float(np.max(state[6][active] - before)) * width * per_epoch
+        active = active[~state[5][active] & (state[6][active] <= cfg.max_epoch)]
     # Counts in float64: FLOP counts overflow int32 (a pass over SST2's 67k sentences already does).
-    epochs, best = np.asarray(epochs).astype(np.float64), np.asarray(best)
+    epochs, best = state[6].astype(np.float64), state[3]
     rows_train, rows_val = n_train.astype(np.float64), n_val.astype(np.float64)
     stats.iterations = max(stats.iterations, int(epochs.max()))  # passes over the data
-    layer = d * cfg.nhid + cfg.nhid * nclasses
     per_pass = np.ceil(rows_train / cfg.batch_size) * 6 * cfg.batch_size * layer
     checks = epochs / cfg.epoch_size
     stats.flops += float(np.sum((epochs * per_pass + checks * 2 * rows_val * layer)[:real]))
-    stats.executed_flops += float(epochs.max() * chunk * (train_max // cfg.batch_size * 6 * cfg.batch_size * layer
-                                                          + 2 * val_max * layer / cfg.epoch_size))
-    return out, best
+    return state[2], best
 
 
 @dataclasses.dataclass(frozen=True)

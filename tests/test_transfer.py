@@ -127,6 +127,29 @@ def test_vmapped_fits_equal_the_same_fits_one_at_a_time():
             np.testing.assert_allclose(params[0][k], together[i][k], rtol=1e-4, atol=1e-5)
 
 
+def test_finished_mlp_fits_stop_costing(monkeypatch):
+    """Fits that stop early leave the vmapped program; the ones still running go on, narrower. The results equal
+    one program that runs every fit until the slowest stops (segments off), which executes far more work."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 16)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * rng.standard_normal(600) > 0).astype(np.int32)
+    fits = classifiers.Fits([], [], [], [])
+    for i in range(24):  # a strong L2 penalty flattens the net: those fits stop at the first tenacity
+        rows = rng.permutation(600)
+        fits.add(np.sort(rows[:400]), np.sort(rows[400:500]), (1e-5, 10.0, 10.0, 10.0)[i % 4], 1111 + i)
+    params, val, stats = classifiers.run_fits("mlp", x, y, 2, fits)
+    monkeypatch.setattr(classifiers, "SEGMENT_CHECKS", 10_000)
+    classifiers._mlp_programs.cache_clear()
+    params_whole, val_whole, whole = classifiers.run_fits("mlp", x, y, 2, fits)
+    classifiers._mlp_programs.cache_clear()
+    np.testing.assert_array_equal(val, val_whole)
+    for a, b in zip(params, params_whole, strict=True):
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert stats.flops == whole.flops and stats.executed_flops <= 1.25 * stats.flops
+    assert whole.executed_flops > 1.4 * stats.executed_flops  # the fits stop at very different epochs
+
+
 def senteval_inner_kfold_logreg(x, y, k):
     """SentEval's InnerKFoldClassifier with scikit-learn's LogisticRegression, transcribed (solved to convergence)."""
     regs = [2.0**t for t in range(-2, 4)]
