@@ -90,7 +90,11 @@ def parse(flag_values: Any, doc: str | None, argv: Sequence[str], renamed: dict[
         print(f"{(doc or '').strip()}\n\nflags:\n{flag_values.get_help(include_special_flags=False)}")
         sys.exit(OK)
     argv = resolve_config_arg(argv)
-    flag_values.unparse_flags()  # a second call in one process starts from the defaults again
+    # A second call in one process starts from the defaults again, without the override flags config_flags
+    # registered for the previous --config (they are defined anew for this one).
+    for name in [n for n in flag_values if n.startswith("config.")]:
+        delattr(flag_values, name)
+    flag_values.unparse_flags()
     saved, sys.argv = sys.argv, argv  # config_flags reads the --config.a.b overrides from sys.argv
     try:
         rest = flag_values(argv)

@@ -339,3 +339,24 @@ def test_missing_training_data_is_fetched_or_explained(tmp_path, mirror, monkeyp
     monkeypatch.setenv("SGCL_STS_MIRROR", mirror[0])
     sentences, _ = data.load_sentences(cfg)
     assert len(sentences) == 320 and (target / "STSBenchmark" / "stsbenchmark.tsv.gz").exists()
+
+
+def test_typed_and_previous_release_configs_take_the_same_overrides(tmp_path, write):
+    """A shipped config (a typed Config) and a config file of the previous release (a ConfigDict) both take
+    --config.a.b overrides parsed by the field's type; a value of the wrong type is one line naming the flag."""
+    from sgcl_jax import cli
+    from sgcl_jax import train as train_cli
+
+    old = write(tmp_path / "old.py", "import ml_collections\nfrom sgcl_jax.config import Config\n\n\n"
+                "def get_config():\n    return ml_collections.ConfigDict(Config().to_dict())\n")
+    for config in ("tiny", str(old)):
+        cli.parse(train_cli.FLAGS, "", ["train", "--config", config, "--config.optim.lr=3e-5",
+                                        "--config.eval.final_tasks=STSB,SICKR", "--config.seeds=1,2"])
+        cfg = Config.from_dict(train_cli._CONFIG.value)
+        assert (cfg.optim.lr, cfg.eval.final_tasks, cfg.seeds) == (3e-5, ("STSB", "SICKR"), (1, 2)), config
+    cli.parse(train_cli.FLAGS, "", ["train", "--config", "tiny"])  # a second parse starts from the defaults
+    assert Config.from_dict(train_cli._CONFIG.value).optim.lr == 5e-4
+    with pytest.raises(SystemExit) as e:
+        cli.parse(train_cli.FLAGS, "", ["train", "--config", "tiny", "--config.optim.lr=abc"])
+    assert str(e.value.code).startswith("error: ") and "optim.lr" in str(e.value.code)
+    assert "\n" not in str(e.value.code)
