@@ -22,13 +22,16 @@ class Sts(Evaluator):
         loaded, missing = scoring.load_sts_tasks(self.names, self.settings.data_dir, self.settings.download)
         return scoring.score_sts(encoder, loaded, self.settings), missing
 
-    def protocol(self) -> dict[str, Any]:
-        """Similarity, metric, scale, aggregation and splits."""
+    def similarity(self) -> dict[str, Any]:
+        """Similarity, metric and scale: the protocol every STS-format task shares."""
         metric = self.settings.metric
         return {"similarity": "cosine", "sts_metric": metric if metric != "auto" else
-                "spearman (pearson for STS17, as the paper)", "scale": "x100",
-                "aggregation_sts12_16": self.settings.aggregation, "stsb_split": "test (1379 pairs)",
-                "sickr_split": "test (4927 pairs)"}
+                "spearman (pearson for STS17, as the paper)", "scale": "x100"}
+
+    def protocol(self) -> dict[str, Any]:
+        """Similarity, metric, scale, aggregation and splits."""
+        return {**self.similarity(), "aggregation_sts12_16": self.settings.aggregation,
+                "stsb_split": "test (1379 pairs)", "sickr_split": "test (4927 pairs)"}
 
 
 class StsbDev(Evaluator):
