@@ -24,12 +24,22 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, RuntimeErro
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """INFO for sgcl_jax, WARNING for the chatty libraries; without --verbose, Orbax's own error logs are left out."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """absl's log format at INFO (as `app.run` sets it up), WARNING for the chatty libraries; without --verbose,
+    Orbax's own error logs are left out."""
+    from absl import logging as absl_logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        # absl's log calls made while importing (Orbax logs at import) call logging.basicConfig() before any
+        # flags are parsed; that bare handler would print every line a second time, in another format.
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    absl_logging.use_absl_handler()
+    absl_logging.set_verbosity(absl_logging.INFO)
     for noisy in ("absl", "jax._src", "orbax", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
-        for handler in logging.getLogger().handlers:
+        for handler in root.handlers:
             handler.addFilter(_orbax_errors)
 
 
