@@ -5,8 +5,6 @@ missing, the paper's numbers come from its file, and an unknown override is refu
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -61,22 +59,27 @@ def test_unknown_or_invalid_overrides_are_refused_before_anything_runs(tmp_path,
         run_experiment("ablation", tiny_config(), [Variant("ok", {}), Variant("bad", {"model.nope": 1})],
                        tmp_path / "a", seeds=[1])
     assert not (tmp_path / "a").exists()
-    def cli(*args):
-        cmd = [sys.executable, "-m", "sgcl_jax.experiments", "ablation", "--config",
-               str(repo_root / "configs/tiny.py"), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root)
+    from sgcl_jax import experiments
 
-    out = cli("--workdir", str(tmp_path / "b"), "--only", "SG-OPT,mine", "--variant", "mine:objective.tau=-1")
-    assert out.returncode == 1 and "tau" in out.stderr.splitlines()[-1] and not (tmp_path / "b").exists()
-    out = cli("--workdir", str(tmp_path / "c"), "--only", "SG-OPT,nope")
-    assert out.returncode == 1 and "unknown variant" in out.stderr and not (tmp_path / "c").exists()
+    def cli(*args):  # in-process: the command's exit status and the last line it wrote to stderr
+        try:
+            code = experiments.main(["ablation", "--config", str(repo_root / "configs/tiny.py"), *args])
+            err = capsys.readouterr().err.strip().splitlines()
+        except SystemExit as e:  # refused while parsing its flags: the message is the one line printed
+            code, err = 1 if isinstance(e.code, str) else e.code, [str(e.code)]
+        return code, err
+
+    code, err = cli("--workdir", str(tmp_path / "b"), "--only", "SG-OPT,mine", "--variant", "mine:objective.tau=-1")
+    assert code == 1 and "tau" in err[-1] and not (tmp_path / "b").exists()
+    code, err = cli("--workdir", str(tmp_path / "c"), "--only", "SG-OPT,nope")
+    assert code == 1 and "unknown variant" in err[-1] and not (tmp_path / "c").exists()
     # The base config takes training's overrides; a mistyped field is one line naming it, nothing written.
-    out = cli("--workdir", str(tmp_path / "d"), "--config.optim.lrr=1e-3")
-    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+    code, err = cli("--workdir", str(tmp_path / "d"), "--config.optim.lrr=1e-3")
+    assert code == 1 and err == [
         "error: config: optim.lrr: no such field (fields of optim: lr, b1, b2, eps, weight_decay, warmup_ratio, "
         "clip_norm)"] and not (tmp_path / "d").exists()
-    out = cli("--workdir", str(tmp_path / "e"), "--set", "optim.lr=1")
-    assert out.returncode == 1 and "--set was renamed: use --config." in out.stderr
+    code, err = cli("--workdir", str(tmp_path / "e"), "--set", "optim.lr=1")
+    assert code == 1 and "--set was renamed: use --config." in err[-1]
 
 
 def test_variants_are_data():
