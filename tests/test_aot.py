@@ -5,8 +5,6 @@ compiler's memory and cost analyses and its HLO, and the sizes the design implie
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -144,28 +142,31 @@ def test_max_batch_search_finds_the_boundary():
 
 
 @pytest.mark.slow
-def test_cli_does_not_fit_exits_2(tmp_path, repo_root, subprocess_env):
+def test_cli_does_not_fit_exits_2(tmp_path, capsys):
+    from sgcl_jax import aot
+
     out = tmp_path / "r.json"
-    cmd = [sys.executable, "-m", "sgcl_jax.aot", "--config", "tiny", "--topology", "v5e-4",
-           "--batch-per-device", "4000000", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 2, r.stderr[-2000:]
-    line = r.stderr.strip().splitlines()[-1]
+    code = aot.main(["--config", "tiny", "--topology", "v5e-4", "--batch-per-device", "4000000", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    line = err.strip().splitlines()[-1]
     assert line.startswith("does not fit: ") and "hbm" in line.lower(), line
     saved = json.loads(out.read_text())
     assert saved["fits"] is False and "hbm" in saved["compiler"].lower()
 
 
 @pytest.mark.slow
-def test_cli_report_json(tmp_path, repo_root, subprocess_env):
+def test_cli_report_json(tmp_path, capsys):
+    from sgcl_jax import aot
+
     out = tmp_path / "r.json"
-    cmd = [sys.executable, "-m", "sgcl_jax.aot", "--config", "tiny", "--topology", "v4-8", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=repo_root, env=subprocess_env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    code = aot.main(["--config", "tiny", "--topology", "v4-8", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
     saved = json.loads(out.read_text())
     assert saved["label"] == "compiled, not run" and saved["target"]["jax_topology"] == "v4:2x2x1"
     assert saved["target"]["libtpu"] != "not installed" and saved["memory"]["fits"] is True
-    assert "TPU v4" in r.stdout and "roofline" in r.stdout
+    assert "TPU v4" in printed.out and "roofline" in printed.out
 
 
 def test_fsdp_splits_the_largest_divisible_axis():
