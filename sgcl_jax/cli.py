@@ -97,7 +97,10 @@ def parse(flag_values: Any, doc: str | None, argv: Sequence[str], renamed: dict[
             except ConfigError as e:
                 sys.exit(f"error: {e}")
     if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
-        print(f"{(doc or '').strip()}\n\nflags:\n{flag_values.get_help(include_special_flags=False)}")
+        # absl groups the flags under the path of the file defining them: one command, one group, no path.
+        lines = flag_values.get_help(include_special_flags=False).splitlines()
+        listed = "\n".join(x for x in lines if x.startswith(" ") or not x.rstrip().endswith(".py:"))
+        print(f"{(doc or '').strip()}\n\nflags:\n{listed.strip(chr(10))}")
         sys.exit(OK)
     argv = resolve_config_arg(argv)
     # A second call in one process starts from the defaults again, without the override flags config_flags
