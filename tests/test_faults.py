@@ -122,7 +122,7 @@ def test_readers_see_a_complete_checkpoint_while_the_trainer_rotates(tmp_path, t
         while not (run / "checkpoints" / "2").exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         loads = 0
-        while proc.poll() is None and loads < 60:
+        while proc.poll() is None and loads < 40:
             enc = sgcl_jax.load_encoder(str(run), which="latest")
             assert "checkpoints/" in enc.source
             loads += 1
