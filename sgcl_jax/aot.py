@@ -66,9 +66,7 @@ def per_device_batch(cfg: Config, devices: int, given: int | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Flags (argv without the program; default sys.argv[1:]) -> the report (text and JSON) -> the exit code:
     2 when the step does not fit, 1 on any other failure."""
-    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.aot", *(sys.argv[1:] if argv is None else argv)])
-    if len(rest) > 1:
-        return cli.fail(ValueError(f"unexpected arguments: {rest[1:]}"), False)
+    cli.parse(FLAGS, __doc__, "sgcl_jax.aot", argv)
     cli.setup_logging(_VERBOSE.value)
     try:
         cfg = Config.from_dict(_CONFIG.value)

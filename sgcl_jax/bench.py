@@ -88,9 +88,7 @@ _JSON = flags.DEFINE_string("json", None, "Write the rows as JSON here.", flag_v
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Flags (argv without the program; default sys.argv[1:]) -> the timings -> the exit code."""
-    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.bench", *(sys.argv[1:] if argv is None else argv)])
-    if len(rest) > 1:
-        return cli.fail(ValueError(f"unexpected arguments: {rest[1:]}"), False)
+    cli.parse(FLAGS, __doc__, "sgcl_jax.bench", argv)
     if _TRANSFER.value:
         from sgcl_jax.tasks import expand
 

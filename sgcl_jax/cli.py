@@ -78,15 +78,16 @@ def stopped(stop: Stopped) -> int:
     return OK if stop.signame == "SIGTERM" else INTERRUPTED
 
 
-def parse(flag_values: Any, doc: str | None, argv: Sequence[str], renamed: dict[str, str] | None = None
-          ) -> list[str]:
-    """Parses a command's own absl flags (`argv[0]` is the program): `--config NAME` resolved, every `--config.a.b`
-    override checked against the config's fields first (one line naming a mistyped one), a renamed flag named with
-    its replacement, `--help` printing the program's description and flags (exit 0); any other bad flag is one
-    line, exit 1. Returns the positional arguments, the program first."""
+def parse(flag_values: Any, doc: str | None, program: str, args: Sequence[str] | None = None,
+          renamed: dict[str, str] | None = None, positional: bool = False) -> list[str]:
+    """Parses a command's own absl flags from `args` (default: sys.argv[1:]): `--config NAME` resolved, every
+    `--config.a.b` override checked against the config's fields first (one line naming a mistyped one), a renamed
+    flag named with its replacement, `--help` printing the program's description and flags (exit 0); any other
+    bad flag, or a positional argument where the command takes none, is one line, exit 1. Returns the positional
+    arguments."""
     from absl import flags
 
-    argv = list(argv)
+    argv = [program, *(sys.argv[1:] if args is None else args)]
     for arg in argv[1:]:
         old = arg.split("=", 1)[0]
         if renamed and old in renamed:
@@ -117,7 +118,9 @@ def parse(flag_values: Any, doc: str | None, argv: Sequence[str], renamed: dict[
         sys.argv = saved
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # absl logging (Orbax logs through it) expects parsed global flags
-    return rest
+    if len(rest) > 1 and not positional:
+        sys.exit(f"error: unexpected arguments: {rest[1:]}")
+    return rest[1:]
 
 
 def resolve_config_arg(argv: Sequence[str]) -> list[str]:

@@ -64,9 +64,7 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Full tracebacks on errors.", fla
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Flags (argv without the program; default sys.argv[1:]) -> scores, grid or picture -> the exit code."""
-    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.evaluate", *(sys.argv[1:] if argv is None else argv)])
-    if len(rest) > 1:
-        return cli.fail(ValueError(f"unexpected arguments: {rest[1:]}"), False)
+    cli.parse(FLAGS, __doc__, "sgcl_jax.evaluate", argv)
     cli.setup_logging(_VERBOSE.value)
     try:
         return _run_cli(_MODEL.value or ["minilm"])

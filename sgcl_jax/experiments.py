@@ -48,21 +48,20 @@ RENAMED = {"--nli-file": "--nli_file", "--set": "--config.<section>.<field>=valu
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Flags (argv without the program; default sys.argv[1:]) -> study.run_experiment -> the exit code."""
-    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.experiments", *(sys.argv[1:] if argv is None else argv)],
-                     renamed=RENAMED)
-    if len(rest) != 2 or rest[1] not in study.EXPERIMENTS:
-        return cli.fail(ValueError(f"name one experiment: {', '.join(study.EXPERIMENTS)} (got {rest[1:]})"), False)
+    rest = cli.parse(FLAGS, __doc__, "sgcl_jax.experiments", argv, renamed=RENAMED, positional=True)
+    if len(rest) != 1 or rest[0] not in study.EXPERIMENTS:
+        return cli.fail(ValueError(f"name one experiment: {', '.join(study.EXPERIMENTS)} (got {rest})"), False)
     cli.setup_logging(_VERBOSE.value)
     try:
         base = Config.from_dict(_CONFIG.value)
-        found = list(study.variants(rest[1], _NLI.value)) + [study.parse_variant(v) for v in _VARIANT.value]
+        found = list(study.variants(rest[0], _NLI.value)) + [study.parse_variant(v) for v in _VARIANT.value]
         if _ONLY.value:
             found = study.select(found, _ONLY.value)
         try:
             seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [base.seed]
         except ValueError:
             raise ValueError(f"--seeds {','.join(_SEEDS.value)}: expected integers, e.g. 1,2,3") from None
-        study.run_experiment(rest[1], base, found, _WORKDIR.value, seeds, train=not _REPORT.value)
+        study.run_experiment(rest[0], base, found, _WORKDIR.value, seeds, train=not _REPORT.value)
     except Stopped as e:
         return cli.stopped(e)
     except cli.USER_ERRORS as e:

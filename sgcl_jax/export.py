@@ -36,9 +36,7 @@ flags.mark_flags_as_required(["checkpoint", "out"], flag_values=FLAGS)
 def main(argv: Sequence[str] | None = None) -> int:
     """Flags (argv without the program; default sys.argv[1:]) -> a verified export -> the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.export", *args])
-    if len(rest) > 1:
-        return cli.fail(ValueError(f"unexpected arguments: {rest[1:]}"), False)
+    cli.parse(FLAGS, __doc__, "sgcl_jax.export", args)
     cli.setup_logging(_VERBOSE.value)
     # Paths are shown by their last part: the card travels, the folders on this machine do not.
     command = "python -m sgcl_jax.export " + " ".join(Path(a).name if os.sep in a else a for a in args)

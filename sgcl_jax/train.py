@@ -36,9 +36,7 @@ flags.mark_flags_as_required(["config"], flag_values=FLAGS)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Flags (argv without the program; default sys.argv[1:]) -> train_and_evaluate -> the exit code."""
-    rest = cli.parse(FLAGS, __doc__, ["sgcl_jax.train", *(sys.argv[1:] if argv is None else argv)])
-    if len(rest) > 1:
-        return cli.fail(ValueError(f"unexpected arguments: {rest[1:]}"), False)
+    cli.parse(FLAGS, __doc__, "sgcl_jax.train", argv)
     cli.setup_logging(_VERBOSE.value)
     try:
         sharding.maybe_initialize_distributed(_DISTRIBUTED.value)

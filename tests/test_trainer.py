@@ -350,13 +350,13 @@ def test_typed_and_previous_release_configs_take_the_same_overrides(tmp_path, wr
     old = write(tmp_path / "old.py", "import ml_collections\nfrom sgcl_jax.config import Config\n\n\n"
                 "def get_config():\n    return ml_collections.ConfigDict(Config().to_dict())\n")
     for config in ("tiny", str(old)):
-        cli.parse(train_cli.FLAGS, "", ["train", "--config", config, "--config.optim.lr=3e-5",
-                                        "--config.eval.final_tasks=STSB,SICKR", "--config.seeds=1,2"])
+        cli.parse(train_cli.FLAGS, "", "train", ["--config", config, "--config.optim.lr=3e-5",
+                                                 "--config.eval.final_tasks=STSB,SICKR", "--config.seeds=1,2"])
         cfg = Config.from_dict(train_cli._CONFIG.value)
         assert (cfg.optim.lr, cfg.eval.final_tasks, cfg.seeds) == (3e-5, ("STSB", "SICKR"), (1, 2)), config
-    cli.parse(train_cli.FLAGS, "", ["train", "--config", "tiny"])  # a second parse starts from the defaults
+    cli.parse(train_cli.FLAGS, "", "train", ["--config", "tiny"])  # a second parse starts from the defaults
     assert Config.from_dict(train_cli._CONFIG.value).optim.lr == 5e-4
     with pytest.raises(SystemExit) as e:
-        cli.parse(train_cli.FLAGS, "", ["train", "--config", "tiny", "--config.optim.lr=abc"])
+        cli.parse(train_cli.FLAGS, "", "train", ["--config", "tiny", "--config.optim.lr=abc"])
     assert str(e.value.code).startswith("error: ") and "optim.lr" in str(e.value.code)
     assert "\n" not in str(e.value.code)
