@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -58,40 +60,52 @@ def _logreg_forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=16)
-def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_max: int
+def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_max: int, members: int
                   ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Two jitted programs of SentEval's MLP fit, vmapped over fits: `start(seed (F,))` -> the fits' states, and
-    `advance(X, y, train_idx (F, t), n_train (F,), val_idx (F, v), n_val (F,), l2 (F,), seed (F,), state)` -> the
-    states after at most SEGMENT_CHECKS more validation checks (a stopped fit does not change). A state is
-    (params, optimiser state, best params, best validation accuracy, non-improving checks, stopped, epochs run)."""
+    """Two jitted programs of SentEval's MLP fit, vmapped over blocks of `members` fits that share their training
+    rows, validation rows and seed and differ in their penalty only (a search's penalties): one gather of each
+    batch and one (batch x dim) by (dim x members*nhid) product serve the whole block. `start(seed (F,))` -> the
+    blocks' states; `advance(X, y, train_idx (F, t), n_train (F,), val_idx (F, v), n_val (F,), l2 (F, members),
+    seed (F,), state)` -> the states after at most SEGMENT_CHECKS more validation checks. A state is (params,
+    optimiser state, best params, then per member: best count of correct validation rows, non-improving checks, stopped,
+    epochs run); a stopped member's best and counters no longer change."""
     n_batches = math.ceil(train_max / cfg.batch_size)
+    p_, h_ = members, cfg.nhid
 
     def init(key: jax.Array) -> dict[str, jax.Array]:
         # torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
         k = jax.random.split(key, 4)
-        a, b = 1 / math.sqrt(dim), 1 / math.sqrt(cfg.nhid)
-        return {"w1": jax.random.uniform(k[0], (dim, cfg.nhid), minval=-a, maxval=a),
-                "b1": jax.random.uniform(k[1], (cfg.nhid,), minval=-a, maxval=a),
-                "w2": jax.random.uniform(k[2], (cfg.nhid, nclasses), minval=-b, maxval=b),
-                "b2": jax.random.uniform(k[3], (nclasses,), minval=-b, maxval=b)}
+        a, b = 1 / math.sqrt(dim), 1 / math.sqrt(h_)
+        one = {"w1": jax.random.uniform(k[0], (dim, h_), minval=-a, maxval=a),
+               "b1": jax.random.uniform(k[1], (h_,), minval=-a, maxval=a),
+               "w2": jax.random.uniform(k[2], (h_, nclasses), minval=-b, maxval=b),
+               "b2": jax.random.uniform(k[3], (nclasses,), minval=-b, maxval=b)}
+        # SentEval seeds every MLP with the same seed: every member starts alike. w1 is (dim, members, nhid), so
+        # the block's first layer is one (dim, members*nhid) matrix without a copy.
+        return {"w1": jnp.repeat(one["w1"][:, None], p_, 1), **{k: jnp.repeat(one[k][None], p_, 0)
+                                                                for k in ("b1", "w2", "b2")}}
 
-    def optimizer(l2: jax.Array) -> optax.GradientTransformation:
-        # torch's Adam with weight_decay: the L2 term added to the gradient (not decoupled), on every parameter.
-        return optax.chain(optax.add_decayed_weights(l2), optax.adam(cfg.lr))
+    def forward(p, x):  # (rows, dim) -> (rows, members, classes)
+        h = jax.nn.sigmoid(x @ p["w1"].reshape(dim, p_ * h_) + p["b1"].reshape(p_ * h_))
+        return jnp.einsum("bph,phc->bpc", h.reshape(x.shape[0], p_, h_), p["w2"]) + p["b2"]
+
+    def per_member(mask):  # a (members,) array broadcast against each parameter
+        return {"w1": mask[None, :, None], "b1": mask[:, None], "w2": mask[:, None, None], "b2": mask[:, None]}
+
+    adam = optax.adam(cfg.lr)
 
     def start(seed):
-        # SentEval seeds every MLP with the same seed: the same start for every fit.
         params = init(jax.random.fold_in(jax.random.key(seed), 0))
-        return (params, optimizer(0.0).init(params), params, jnp.float32(-1.0), jnp.int32(0), jnp.bool_(False),
-                jnp.int32(0))
+        zeros = jnp.zeros(p_, jnp.int32)
+        return (params, adam.init(params), params, zeros - 1, zeros, zeros.astype(bool), zeros)
 
     def advance(x, y, train_idx, n_train, val_idx, n_val, l2, seed, state):
-        tx, key = optimizer(l2), jax.random.key(seed)
+        key, decay = jax.random.key(seed), per_member(l2)
 
-        def val_accuracy(p):
-            rows = jnp.arange(val_max) < n_val
-            pred = jnp.argmax(_mlp_forward(p, x[val_idx]), -1)
-            return jnp.sum((pred == y[val_idx]) & rows) / n_val
+        def val_correct(p):  # counts, not fractions: a division may round differently in a wider program
+            rows = (jnp.arange(val_max) < n_val)[:, None]
+            pred = jnp.argmax(forward(p, x[val_idx]), -1)
+            return jnp.sum((pred == y[val_idx][:, None]) & rows, 0, dtype=jnp.int32)
 
         def one_batch(carry, b):
             p, opt, order = carry
@@ -99,12 +113,14 @@ def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_m
             valid = b * cfg.batch_size + jnp.arange(cfg.batch_size) < n_train
             idx = train_idx[pos]
 
-            def loss(p):
-                ce = optax.softmax_cross_entropy_with_integer_labels(_mlp_forward(p, x[idx]), y[idx])
-                return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)  # the batch mean
+            def loss(p):  # each member's batch mean, summed: the members' gradients stay apart
+                ce = optax.softmax_cross_entropy_with_integer_labels(forward(p, x[idx]), y[idx][:, None])
+                return jnp.sum(jnp.where(valid[:, None], ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
-            updates, new_opt = tx.update(jax.grad(loss)(p), opt, p)
-            stepped = valid[0]  # a batch past the end of this fit's data does nothing
+            # torch's Adam with weight_decay: the L2 term added to the gradient (not decoupled), on every parameter.
+            grads = jax.tree.map(lambda g, w, l2: g + l2 * w, jax.grad(loss)(p), p, decay)
+            updates, new_opt = adam.update(grads, opt, p)
+            stepped = valid[0]  # a batch past the end of this block's data does nothing
             return (_where(stepped, optax.apply_updates(p, updates), p), _where(stepped, new_opt, opt), order), None
 
         def one_pass(carry, pass_key):
@@ -115,22 +131,28 @@ def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_m
             (p, opt, _), _ = jax.lax.scan(one_batch, (p, opt, order), jnp.arange(n_batches))
             return (p, opt), None
 
+        def done(stop, nepoch):
+            return stop | (nepoch > cfg.max_epoch)
+
         def epoch(carry):
             (p, opt, best, best_acc, count, stop, nepoch), checks = carry
-            # The pass keys depend on the epoch count only: a fit continued over several calls is the same fit.
-            keys = jax.random.split(jax.random.fold_in(key, nepoch + 1), cfg.epoch_size)
+            live = ~done(stop, nepoch)
+            # The pass keys depend on the epoch count only (the running members' count, the block's largest): a
+            # fit continued over several calls, or in a block of any size, is the same fit.
+            keys = jax.random.split(jax.random.fold_in(key, jnp.max(nepoch) + 1), cfg.epoch_size)
             (p, opt), _ = jax.lax.scan(one_pass, (p, opt), keys)
-            acc = val_accuracy(p)
-            improved = acc > best_acc
+            acc = val_correct(p)
+            improved = live & (acc > best_acc)
             # SentEval's rule: the counter of non-improving checks is never reset; stop once it reached tenacity.
-            stop = ~improved & (count >= cfg.tenacity)
-            count = count + (~improved).astype(jnp.int32)
-            return (p, opt, _where(improved, p, best), jnp.maximum(acc, best_acc), count, stop,
-                    nepoch + cfg.epoch_size), checks + 1
+            new_stop = stop | (live & ~improved & (count >= cfg.tenacity))
+            count = count + (live & ~improved).astype(jnp.int32)
+            best = jax.tree.map(lambda b, w, m: jnp.where(m, w, b), best, p, per_member(improved))
+            return (p, opt, best, jnp.where(improved, acc, best_acc), count, new_stop,
+                    nepoch + cfg.epoch_size * live.astype(jnp.int32)), checks + 1
 
         def running(carry):
             (*_, stop, nepoch), checks = carry
-            return ~stop & (nepoch <= cfg.max_epoch) & (checks < SEGMENT_CHECKS)
+            return jnp.any(~done(stop, nepoch)) & (checks < SEGMENT_CHECKS)
 
         return jax.lax.while_loop(running, epoch, (state, jnp.int32(0)))[0]
 
@@ -206,46 +228,82 @@ def _train_logreg(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded:
     return {"w": np.moveaxis(w[:d], -1, 0), "b": np.moveaxis(w[d], -1, 0)}, None  # (F, d, k), (F, k)
 
 
+def _blocks(fits: Fits, rows: list[int]) -> list[list[int]]:
+    """The fits that share training rows, validation rows and seed (a search's penalties), in order of appearance."""
+    groups: dict[tuple[int, bytes, bytes], list[int]] = {}
+    for i in rows:
+        key = (fits.seed[i], fits.train[i].astype(np.int64).tobytes(), fits.val[i].astype(np.int64).tobytes())
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _in_threads(program: Callable[[np.ndarray], Any], rows: np.ndarray) -> Any:
+    """`program(rows)`, on the CPU split over one thread per core: XLA runs a vmapped batch of small products on
+    one core, so two halves in two threads run about 1.4x faster on 2 cores (README, transfer timings)."""
+    # macOS has no sched_getaffinity.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = min(cores, rows.size) if jax.default_backend() == "cpu" else 1
+    if threads < 2:
+        return jax.tree.map(np.asarray, program(rows))
+    per = -(-rows.size // threads)  # equal parts (one compile), the last padded with a repeat
+    parts = np.concatenate([rows, np.full(per * threads - rows.size, rows[-1])]).reshape(threads, per)
+    with ThreadPoolExecutor(threads) as pool:
+        out = list(pool.map(lambda r: jax.tree.map(np.asarray, program(r)), parts))
+    return jax.tree.map(lambda *a: np.concatenate(a)[: rows.size], *out)
+
+
 def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: list[int], real: int,
                sizes: tuple[int, int], cfg: MLPConfig, stats: Stats, tol: float, max_iter: int
                ) -> tuple[Any, np.ndarray]:
-    """One chunk of SentEval MLP fits, vmapped (the first `real` are not padding); returns the best params and best
-    validation accuracy of each. The fits advance SEGMENT_CHECKS validation checks at a time, and only the ones
-    still running go on, packed into the narrowest of a few fixed widths: a finished fit costs nothing more (a
-    vmapped loop would otherwise run every fit until the slowest stops)."""
+    """One chunk of SentEval MLP fits (the first `real` are not padding) -> the best params and best validation
+    accuracy of each. Fits that differ in their penalty only train as one block (one wider network); the blocks
+    are vmapped and advance SEGMENT_CHECKS validation checks at a time, and only the blocks still running go on,
+    packed into the narrowest of a few fixed widths: a finished block costs nothing more (a vmapped loop would
+    otherwise run every block until the slowest stops)."""
     d = x.shape[1]
     train_max, val_max = sizes
-    chunk = len(padded)
-    train_idx, n_train = _pad([fits.train[i] for i in padded], train_max)
-    val_idx, n_val = _pad([fits.val[i] for i in padded], val_max)
-    l2 = np.asarray([fits.reg[i] for i in padded], np.float32)
-    seeds = np.asarray([fits.seed[i] for i in padded], np.uint32)
-    start, advance = _mlp_programs(cfg, nclasses, d, train_max, val_max)
+    blocks = _blocks(fits, padded[:real])
+    members = max(len(b) for b in blocks)
+    blocks_padded = [b + [b[-1]] * (members - len(b)) for b in blocks]  # repeats run, their results are dropped
+    first = [b[0] for b in blocks]
+    chunk = len(blocks)
+    train_idx, n_train = _pad([fits.train[i] for i in first], train_max)
+    val_idx, n_val = _pad([fits.val[i] for i in first], val_max)
+    l2 = np.asarray([[fits.reg[i] for i in b] for b in blocks_padded], np.float32)
+    seeds = np.asarray([fits.seed[i] for i in first], np.uint32)
+    start, advance = _mlp_programs(cfg, nclasses, d, train_max, val_max, members)
     state = jax.tree.map(np.array, start(jnp.asarray(seeds)))
     layer = d * cfg.nhid + cfg.nhid * nclasses
     per_epoch = train_max // cfg.batch_size * 6 * cfg.batch_size * layer + 2 * val_max * layer / cfg.epoch_size
-    active = np.arange(real)  # the padding rows repeat a real fit: they need not run
+    active = np.arange(chunk)
     while active.size:
         width = chunk
         while width // 2 >= active.size and width > max(1, chunk // MLP_WIDTHS):
             width //= 2  # a few widths only: each is one compile
         rows = np.concatenate([active, np.full(width - active.size, active[-1])])
-        before = state[6][active].copy()
-        new = advance(x, y, train_idx[rows], n_train[rows], val_idx[rows], n_val[rows], l2[rows], seeds[rows],
-                      jax.tree.map(lambda a, r=rows: a[r], state))
+        before = state[6][active].max(1)
+        new = _in_threads(lambda r: advance(x, y, train_idx[r], n_train[r], val_idx[r], n_val[r], l2[r], seeds[r],
+                                            jax.tree.map(lambda a: a[r], state)), rows)
         new = jax.tree.map(lambda a, n=active.size: np.asarray(a)[:n], new)
         for leaf, value in zip(jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
             leaf[active] = value
-        stats.executed_flops += float(np.max(state[6][active] - before)) * width * per_epoch
-        active = active[~state[5][active] & (state[6][active] <= cfg.max_epoch)]
+        stats.executed_flops += float(np.max(state[6][active].max(1) - before)) * width * members * per_epoch
+        active = active[np.any(~state[5][active] & (state[6][active] <= cfg.max_epoch), axis=1)]
+    # Back to one row per fit, in the order of `padded` (its padding rows repeat the last real fit).
+    where = {i: (b, m) for b, block in enumerate(blocks) for m, i in enumerate(block)}
+    blk, mem = np.array([where[i][0] for i in padded]), np.array([where[i][1] for i in padded])
+    best_params = state[2]
+    params = {"w1": best_params["w1"][blk, :, mem], **{k: best_params[k][blk, mem] for k in ("b1", "w2", "b2")}}
+    epochs = state[6][blk, mem].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):  # no validation rows: NaN
+        best = state[3][blk, mem] / n_val[blk].astype(np.float64)
     # Counts in float64: FLOP counts overflow int32 (a pass over SST2's 67k sentences already does).
-    epochs, best = state[6].astype(np.float64), state[3]
-    rows_train, rows_val = n_train.astype(np.float64), n_val.astype(np.float64)
+    rows_train, rows_val = n_train[blk].astype(np.float64), n_val[blk].astype(np.float64)
     stats.iterations = max(stats.iterations, int(epochs.max()))  # passes over the data
     per_pass = np.ceil(rows_train / cfg.batch_size) * 6 * cfg.batch_size * layer
     checks = epochs / cfg.epoch_size
     stats.flops += float(np.sum((epochs * per_pass + checks * 2 * rows_val * layer)[:real]))
-    return state[2], best
+    return params, best
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,6 +127,29 @@ def test_vmapped_fits_equal_the_same_fits_one_at_a_time():
             np.testing.assert_allclose(params[0][k], together[i][k], rtol=1e-4, atol=1e-5)
 
 
+def test_penalties_of_one_fold_train_as_one_block_and_equal_each_fit_alone():
+    """A search's fits that differ in their penalty only (same rows, same seed) train as one wider network; each
+    member is still its own fit: the same validation accuracy and weights as trained alone, its own stop."""
+    x, y = _problem(n=300)
+    rows = np.random.default_rng(2).permutation(300)
+    fits = classifiers.Fits([], [], [], [])
+    regs = (1e-5, 1e-3, 1e-2, 3.0)  # the strong penalty stops long before the others
+    for seed in (1111, 7):
+        for reg in regs:
+            fits.add(np.sort(rows[:200]), np.sort(rows[200:260]), reg, seed)
+    assert classifiers._blocks(fits, list(range(len(fits)))) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    together, val_together, stats = classifiers.run_fits("mlp", x, y, 2, fits)
+    epochs = []
+    for i in range(len(fits)):
+        alone = classifiers.Fits([fits.train[i]], [fits.val[i]], [fits.reg[i]], [fits.seed[i]])
+        params, val, one = classifiers.run_fits("mlp", x, y, 2, alone)
+        epochs.append(one.iterations)
+        assert val[0] == val_together[i]
+        for k in params[0]:
+            np.testing.assert_allclose(params[0][k], together[i][k], rtol=1e-4, atol=1e-5)
+    assert len(set(epochs)) > 1 and stats.iterations == max(epochs)  # the members stopped at their own epochs
+
+
 def test_finished_mlp_fits_stop_costing(monkeypatch):
     """Fits that stop early leave the vmapped program; the ones still running go on, narrower. The results equal
     one program that runs every fit until the slowest stops (segments off), which executes far more work."""
