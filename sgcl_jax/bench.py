@@ -89,6 +89,7 @@ _JSON = flags.DEFINE_string("json", None, "Write the rows as JSON here.", flag_v
 def main(argv: Sequence[str] | None = None) -> int:
     """Flags (argv without the program; default sys.argv[1:]) -> the timings -> the exit code."""
     cli.parse(FLAGS, __doc__, "sgcl_jax.bench", argv)
+    cli.setup_logging()  # the per-task lines of a long --transfer run, as the other commands print them
     if _TRANSFER.value:
         from sgcl_jax.tasks import expand
 

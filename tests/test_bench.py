@@ -38,6 +38,19 @@ def test_pipeline_bench_reports_host_rate(data_dir, capsys):
     assert rows["sentences_per_s"] > 0 and rows["cores"] == 1
 
 
+def test_bench_command_shows_the_library_info_lines(monkeypatch, capsys):
+    """A long `--transfer` run logs each task as it finishes; the command must not drop those INFO lines."""
+    import logging
+
+    from sgcl_jax import bench
+
+    logging.getLogger().setLevel(logging.WARNING)
+    monkeypatch.setattr(timing, "bench_pipeline", lambda *a: {"batch": 16, "sentences_per_s": 1.0, "steps": 5,
+                                                              "seconds": 1.0})
+    assert bench.main(["--pipeline", "--batch", "16"]) == 0
+    assert logging.getLogger("sgcl_jax.transfer").isEnabledFor(logging.INFO)
+
+
 def test_sklearn_race_on_a_sample_of_the_fits(tmp_path, write):
     """The transfer race: our fits and scikit-learn's on the same folds agree, and a sample is extrapolated."""
     write(tmp_path / "MR" / "rt-polarity.pos", "".join(f"good film number {i}\n" for i in range(20)))
