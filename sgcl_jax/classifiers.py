@@ -33,6 +33,9 @@ MLP_GRID = tuple(10.0**t for t in range(-5, -1))
 # go on in the narrowest of MLP_WIDTHS widths (chunk, chunk/2, ...), each one compile.
 SEGMENT_CHECKS = 4
 MLP_WIDTHS = 8
+# Where a block's members sit in each MLP parameter: w1 is (dim, members, nhid), so the block's first layer is one
+# (dim, members*nhid) matrix without a copy; the others lead with the member.
+MEMBER_AXIS = {"w1": 1, "b1": 0, "w2": 0, "b2": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +63,11 @@ def _logreg_forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.zeros_like(z), z], -1) if z.shape[-1] == 1 else z
 
 
+def _live(stop: Any, epochs: Any, cfg: MLPConfig) -> Any:
+    """Which members still train (NumPy or JAX arrays): not stopped by SentEval's rule, not past max_epoch."""
+    return ~stop & (epochs <= cfg.max_epoch)
+
+
 @functools.lru_cache(maxsize=16)
 def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_max: int, members: int
                   ) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -81,17 +89,17 @@ def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_m
                "b1": jax.random.uniform(k[1], (h_,), minval=-a, maxval=a),
                "w2": jax.random.uniform(k[2], (h_, nclasses), minval=-b, maxval=b),
                "b2": jax.random.uniform(k[3], (nclasses,), minval=-b, maxval=b)}
-        # SentEval seeds every MLP with the same seed: every member starts alike. w1 is (dim, members, nhid), so
-        # the block's first layer is one (dim, members*nhid) matrix without a copy.
-        return {"w1": jnp.repeat(one["w1"][:, None], p_, 1), **{k: jnp.repeat(one[k][None], p_, 0)
-                                                                for k in ("b1", "w2", "b2")}}
+        # SentEval seeds every MLP with the same seed: every member starts alike.
+        return {name: jnp.repeat(jnp.expand_dims(v, MEMBER_AXIS[name]), p_, MEMBER_AXIS[name])
+                for name, v in one.items()}
 
     def forward(p, x):  # (rows, dim) -> (rows, members, classes)
         h = jax.nn.sigmoid(x @ p["w1"].reshape(dim, p_ * h_) + p["b1"].reshape(p_ * h_))
         return jnp.einsum("bph,phc->bpc", h.reshape(x.shape[0], p_, h_), p["w2"]) + p["b2"]
 
-    def per_member(mask):  # a (members,) array broadcast against each parameter
-        return {"w1": mask[None, :, None], "b1": mask[:, None], "w2": mask[:, None, None], "b2": mask[:, None]}
+    def per_member(values, params):  # a (members,) array broadcast against each parameter
+        return {k: values.reshape([p_ if i == MEMBER_AXIS[k] else 1 for i in range(v.ndim)])
+                for k, v in params.items()}
 
     adam = optax.adam(cfg.lr)
 
@@ -101,7 +109,7 @@ def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_m
         return (params, adam.init(params), params, zeros - 1, zeros, zeros.astype(bool), zeros)
 
     def advance(x, y, train_idx, n_train, val_idx, n_val, l2, seed, state):
-        key, decay = jax.random.key(seed), per_member(l2)
+        key, decay = jax.random.key(seed), per_member(l2, state[0])
 
         def val_correct(p):  # counts, not fractions: a division may round differently in a wider program
             rows = (jnp.arange(val_max) < n_val)[:, None]
@@ -132,12 +140,9 @@ def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_m
             (p, opt, _), _ = jax.lax.scan(one_batch, (p, opt, order), jnp.arange(n_batches))
             return (p, opt), None
 
-        def done(stop, nepoch):
-            return stop | (nepoch > cfg.max_epoch)
-
         def epoch(carry):
             (p, opt, best, best_acc, count, stop, nepoch), checks = carry
-            live = ~done(stop, nepoch)
+            live = _live(stop, nepoch, cfg)
             # The pass keys depend on the epoch count only (the running members' count, the block's largest): a
             # fit continued over several calls, or in a block of any size, is the same fit.
             keys = jax.random.split(jax.random.fold_in(key, jnp.max(nepoch) + 1), cfg.epoch_size)
@@ -147,13 +152,13 @@ def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_m
             # SentEval's rule: the counter of non-improving checks is never reset; stop once it reached tenacity.
             new_stop = stop | (live & ~improved & (count >= cfg.tenacity))
             count = count + (live & ~improved).astype(jnp.int32)
-            best = jax.tree.map(lambda b, w, m: jnp.where(m, w, b), best, p, per_member(improved))
+            best = jax.tree.map(lambda b, w, m: jnp.where(m, w, b), best, p, per_member(improved, p))
             return (p, opt, best, jnp.where(improved, acc, best_acc), count, new_stop,
                     nepoch + cfg.epoch_size * live.astype(jnp.int32)), checks + 1
 
         def running(carry):
             (*_, stop, nepoch), checks = carry
-            return jnp.any(~done(stop, nepoch)) & (checks < SEGMENT_CHECKS)
+            return jnp.any(_live(stop, nepoch, cfg)) & (checks < SEGMENT_CHECKS)
 
         return jax.lax.while_loop(running, epoch, (state, jnp.int32(0)))[0]
 
@@ -289,12 +294,11 @@ def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: li
         for leaf, value in zip(jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
             leaf[active] = value
         stats.executed_flops += float(np.max(state[6][active].max(1) - before)) * width * members * per_epoch
-        active = active[np.any(~state[5][active] & (state[6][active] <= cfg.max_epoch), axis=1)]
+        active = active[np.any(_live(state[5][active], state[6][active], cfg), axis=1)]
     # Back to one row per fit, in the order of `padded` (its padding rows repeat the last real fit).
     where = {i: (b, m) for b, block in enumerate(blocks) for m, i in enumerate(block)}
     blk, mem = np.array([where[i][0] for i in padded]), np.array([where[i][1] for i in padded])
-    best_params = state[2]
-    params = {"w1": best_params["w1"][blk, :, mem], **{k: best_params[k][blk, mem] for k in ("b1", "w2", "b2")}}
+    params = {k: np.moveaxis(v, MEMBER_AXIS[k] + 1, 1)[blk, mem] for k, v in state[2].items()}  # after the block axis
     epochs = state[6][blk, mem].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):  # no validation rows: NaN
         best = state[3][blk, mem] / n_val[blk].astype(np.float64)
