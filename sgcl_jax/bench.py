@@ -118,9 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for dtype in _DTYPE.value.split(","):
             for batch in (int(b) for b in _BATCH.value.split(",")):
                 try:
-                    rows.append(timing.run(model, dtype, batch, _STEPS.value, _LENGTHS.value, _TORCH.value,
-                                           _REMAT.value, _HEAD_DIM.value, data_dir=_DATA_DIR.value,
-                                           tokenizer=_TOKENIZER.value))
+                    rows.append(timing.time_train_step(model, dtype, batch, _STEPS.value, _LENGTHS.value,
+                                                       _TORCH.value, _REMAT.value, _HEAD_DIM.value,
+                                                       data_dir=_DATA_DIR.value, tokenizer=_TOKENIZER.value))
                 except Exception as e:  # an OOM at one size should not lose the other rows
                     rows.append({"model": model, "dtype": dtype, "batch": batch, "error": f"{type(e).__name__}: "
                                  f"{str(e)[:300]}"})

@@ -5,7 +5,7 @@ seeds) trained together inside one jitted program, and chosen by name from one r
 multinomial for more, intercept not penalised) solved to convergence by Newton's method with conjugate gradients.
 `mlp`: SentEval's PyTorch MLP (sigmoid hidden layer, Adam, L2 as weight decay, early stopping on validation
 accuracy), with the paper's Table 9 settings; the fits that differ only in their penalty train as one wider
-network, the blocks vmapped.
+network (a block), each block in a call of its own on the CPU, the blocks vmapped on an accelerator.
 """
 
 from __future__ import annotations
@@ -70,12 +70,13 @@ def _live(stop: Any, epochs: Any, cfg: MLPConfig) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_max: int, members: int
-                  ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Two jitted programs of SentEval's MLP fit, vmapped over blocks of `members` fits that share their training
+                  ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """Three jitted programs of SentEval's MLP fit, vmapped over blocks of `members` fits that share their training
     rows, validation rows and seed and differ in their penalty only (a search's penalties): one gather of each
     batch and one (batch x dim) by (dim x members*nhid) product serve the whole block. `start(seed (F,))` -> the
     blocks' states; `advance(X, y, train_idx (F, t), n_train (F,), val_idx (F, v), n_val (F,), l2 (F, members),
-    seed (F,), state)` -> the states after at most SEGMENT_CHECKS more validation checks. A state is (params,
+    seed (F,), state)` -> the states after at most SEGMENT_CHECKS more validation checks; `advance_one` is `advance`
+    for one block, without the block axis. A state is (params,
     optimiser state, best params, then per member: best count of correct validation rows, non-improving checks, stopped,
     epochs run); a stopped member's best and counters no longer change."""
     n_batches = math.ceil(train_max / cfg.batch_size)
@@ -162,8 +163,10 @@ def _mlp_programs(cfg: MLPConfig, nclasses: int, dim: int, train_max: int, val_m
 
         return jax.lax.while_loop(running, epoch, (state, jnp.int32(0)))[0]
 
-    return (jax.jit(jax.vmap(start)),
-            jax.jit(jax.vmap(advance, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))))
+    # One block alone runs unbatched: XLA's CPU backend runs a vmapped batch of small products about 2.5x slower
+    # than the same products one block at a time (README, transfer timings).
+    return (jax.jit(jax.vmap(start)), jax.jit(jax.vmap(advance, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))),
+            jax.jit(advance))
 
 
 @dataclasses.dataclass
@@ -243,29 +246,24 @@ def _blocks(fits: Fits, rows: list[int]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _in_threads(program: Callable[[np.ndarray], Any], rows: np.ndarray) -> Any:
-    """`program(rows)`, on the CPU split over one thread per core: XLA runs a vmapped batch of small products on
-    one core, so two halves in two threads run about 1.4x faster on 2 cores (README, transfer timings)."""
-    # macOS has no sched_getaffinity.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = min(cores, 8, rows.size) if jax.default_backend() == "cpu" else 1  # measured on 2 cores only
-    if threads < 2:
-        return jax.tree.map(np.asarray, program(rows))
-    per = -(-rows.size // threads)  # equal parts (one compile), the last padded with a repeat
-    parts = np.concatenate([rows, np.full(per * threads - rows.size, rows[-1])]).reshape(threads, per)
-    with ThreadPoolExecutor(threads) as pool:
-        out = list(pool.map(lambda r: jax.tree.map(np.asarray, program(r)), parts))
-    return jax.tree.map(lambda *a: np.concatenate(a)[: rows.size], *out)
+def _threads() -> int:
+    """How many groups of MLP blocks run at once: one per core on the CPU (each XLA call of small products keeps
+    one core busy), one on an accelerator."""
+    if jax.default_backend() != "cpu":
+        return 1
+    # macOS has no sched_getaffinity; more than 8 is not measured.
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: list[int], real: int,
                sizes: tuple[int, int], cfg: MLPConfig, stats: Stats, tol: float, max_iter: int
                ) -> tuple[Any, np.ndarray]:
     """One chunk of SentEval MLP fits (the first `real` are not padding) -> the best params and best validation
-    accuracy of each. Fits that differ in their penalty only train as one block (one wider network); the blocks
-    are vmapped and advance SEGMENT_CHECKS validation checks at a time, and only the blocks still running go on,
-    packed into the narrowest of a few fixed widths: a finished block costs nothing more (a vmapped loop would
-    otherwise run every block until the slowest stops)."""
+    accuracy of each. Fits that differ in their penalty only train as one block (one wider network). On the CPU
+    each block is one call, the calls spread over one thread per core, and a block's call ends when its members
+    stopped; on an accelerator the blocks are vmapped and advance SEGMENT_CHECKS validation checks at a time, only
+    the blocks still running going on, packed into the narrowest of a few fixed widths. Either way a finished block
+    costs nothing more (a vmapped loop would otherwise run every block until the slowest stops)."""
     d = x.shape[1]
     train_max, val_max = sizes
     blocks = _blocks(fits, padded[:real])
@@ -277,24 +275,39 @@ def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: li
     val_idx, n_val = _pad([fits.val[i] for i in first], val_max)
     l2 = np.asarray([[fits.reg[i] for i in b] for b in blocks_padded], np.float32)
     seeds = np.asarray([fits.seed[i] for i in first], np.uint32)
-    start, advance = _mlp_programs(cfg, nclasses, d, train_max, val_max, members)
+    start, advance, advance_one = _mlp_programs(cfg, nclasses, d, train_max, val_max, members)
     state = jax.tree.map(np.array, start(jnp.asarray(seeds)))
     layer = d * cfg.nhid + cfg.nhid * nclasses
     per_epoch = train_max // cfg.batch_size * 6 * cfg.batch_size * layer + 2 * val_max * layer / cfg.epoch_size
-    active = np.arange(chunk)
-    while active.size:
-        width = chunk
-        while width // 2 >= active.size and width > max(1, chunk // MLP_WIDTHS):
-            width //= 2  # a few widths only: each is one compile
-        rows = np.concatenate([active, np.full(width - active.size, active[-1])])
-        before = state[6][active].max(1)
-        new = _in_threads(lambda r: advance(x, y, train_idx[r], n_train[r], val_idx[r], n_val[r], l2[r], seeds[r],
-                                            jax.tree.map(lambda a: a[r], state)), rows)
-        new = jax.tree.map(lambda a, n=active.size: np.asarray(a)[:n], new)
-        for leaf, value in zip(jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
-            leaf[active] = value
-        stats.executed_flops += float(np.max(state[6][active].max(1) - before)) * width * members * per_epoch
-        active = active[np.any(_live(state[5][active], state[6][active], cfg), axis=1)]
+
+    def run(group: np.ndarray) -> float:
+        """Advances a group of blocks until all their members stopped -> the FLOPs executed."""
+        active, executed = group, 0.0
+        while active.size:
+            width = group.size
+            while width // 2 >= active.size and width > max(1, group.size // MLP_WIDTHS):
+                width //= 2  # a few widths only: each is one compile
+            rows = np.concatenate([active, np.full(width - active.size, active[-1])])
+            before = state[6][active].max(1)
+            args = (train_idx, n_train, val_idx, n_val, l2, seeds, state)
+            if width == 1:  # one block: the unbatched program, its block axis put back
+                one = jax.tree.map(lambda a, b=rows[0]: a[b], args)
+                new = jax.tree.map(lambda a: np.asarray(a)[None], advance_one(x, y, *one))
+            else:
+                new = advance(x, y, *jax.tree.map(lambda a, r=rows: a[r], args))
+                new = jax.tree.map(lambda a, n=active.size: np.asarray(a)[:n], new)
+            for leaf, value in zip(jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
+                leaf[active] = value  # groups hold disjoint blocks: threads never write the same row
+            executed += float(np.max(state[6][active].max(1) - before)) * width * members * per_epoch
+            active = active[np.any(_live(state[5][active], state[6][active], cfg), axis=1)]
+        return executed
+
+    # On the CPU each block is a group of its own, the groups spread over one thread per core; on an accelerator
+    # the blocks are one vmapped group, narrower as blocks finish.
+    threads = _threads()
+    groups = np.arange(chunk)[:, None] if threads > 1 else [np.arange(chunk)]
+    with ThreadPoolExecutor(threads) as pool:
+        stats.executed_flops += sum(pool.map(run, groups))
     # Back to one row per fit, in the order of `padded` (its padding rows repeat the last real fit).
     where = {i: (b, m) for b, block in enumerate(blocks) for m, i in enumerate(block)}
     blk, mem = np.array([where[i][0] for i in padded]), np.array([where[i][1] for i in padded])

@@ -59,15 +59,10 @@ class Program:
         return self.cfg.model.max_length
 
 
-def make_mesh(devices: list[Any], cfg: Any) -> Mesh:
-    """The trainer's mesh over a topology's devices (hybrid ICI x DCN when the devices span slices)."""
-    return sharding.make_mesh(cfg.mesh.data, cfg.mesh.model, devices=devices)
-
-
 def program(cfg: Any, devices: list[Any], per_device_batch: int) -> Program:
     """The trainer's step for `cfg` on these devices at this per-device batch."""
     spec = ModelSpec.from_config(cfg, guide_architecture(cfg.model))
-    mesh = make_mesh(devices, cfg)
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.model, devices=devices)  # hybrid ICI x DCN over slices
     return Program(cfg, spec, mesh, sharding.Layout(mesh, cfg.mesh.fsdp), per_device_batch)
 
 

@@ -111,6 +111,13 @@ def test_logreg_reaches_sklearn_objective_on_ill_conditioned_features():
     assert ours == pytest.approx(objective(sk.coef_[0], sk.intercept_[0]), rel=1e-6)
 
 
+def test_the_configs_names_are_the_registries():
+    """config.py names the classifiers and dtypes without importing jax; the registries are what runs them."""
+    from sgcl_jax import config, model
+
+    assert config.CLASSIFIERS == tuple(classifiers.CLASSIFIERS) and config.DTYPES == tuple(model.DTYPES)
+
+
 def test_vmapped_fits_equal_the_same_fits_one_at_a_time():
     x, y = _problem(n=300)
     fits = classifiers.Fits([], [], [], [])
@@ -151,8 +158,10 @@ def test_penalties_of_one_fold_train_as_one_block_and_equal_each_fit_alone():
 
 
 def test_finished_mlp_fits_stop_costing(monkeypatch):
-    """Fits that stop early leave the vmapped program; the ones still running go on, narrower. The results equal
-    one program that runs every fit until the slowest stops (segments off), which executes far more work."""
+    """Fits that stop early cost nothing more, in both layouts: one block per call, the calls spread over threads
+    (the CPU's), or the blocks vmapped, the ones still running going on narrower (an accelerator's). Both give the
+    results of one vmapped program that runs every fit until the slowest stops (segments off), which executes far
+    more work."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((600, 16)).astype(np.float32)
     y = (x[:, 0] + 0.3 * rng.standard_normal(600) > 0).astype(np.int32)
@@ -160,17 +169,21 @@ def test_finished_mlp_fits_stop_costing(monkeypatch):
     for i in range(24):  # a strong L2 penalty flattens the net: those fits stop at the first tenacity
         rows = rng.permutation(600)
         fits.add(np.sort(rows[:400]), np.sort(rows[400:500]), (1e-5, 10.0, 10.0, 10.0)[i % 4], 1111 + i)
-    params, val, stats = classifiers.run_fits("mlp", x, y, 2, fits)
-    monkeypatch.setattr(classifiers, "SEGMENT_CHECKS", 10_000)
+    runs, segment = [], classifiers.SEGMENT_CHECKS
+    for threads, checks in ((2, segment), (1, segment), (1, 10_000)):  # per block; vmapped; vmapped, segments off
+        monkeypatch.setattr(classifiers, "_threads", lambda t=threads: t)
+        monkeypatch.setattr(classifiers, "SEGMENT_CHECKS", checks)
+        classifiers._mlp_programs.cache_clear()
+        runs.append(classifiers.run_fits("mlp", x, y, 2, fits))
     classifiers._mlp_programs.cache_clear()
-    params_whole, val_whole, whole = classifiers.run_fits("mlp", x, y, 2, fits)
-    classifiers._mlp_programs.cache_clear()
-    np.testing.assert_array_equal(val, val_whole)
-    for a, b in zip(params, params_whole, strict=True):
-        for k in a:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
-    assert stats.flops == whole.flops and stats.executed_flops <= 1.25 * stats.flops
-    assert whole.executed_flops > 1.4 * stats.executed_flops  # the fits stop at very different epochs
+    *layouts, (params_whole, val_whole, whole) = runs
+    for params, val, stats in layouts:
+        np.testing.assert_array_equal(val, val_whole)
+        for a, b in zip(params, params_whole, strict=True):
+            for k in a:
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+        assert stats.flops == whole.flops and stats.executed_flops <= 1.25 * stats.flops
+        assert whole.executed_flops > 1.4 * stats.executed_flops  # the fits stop at very different epochs
 
 
 def senteval_inner_kfold_logreg(x, y, k):
