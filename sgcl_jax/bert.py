@@ -20,6 +20,13 @@ _ACTIVATIONS = {
 }
 
 
+def split_by_sentence(x: jax.Array) -> jax.Array:
+    """Asks for an activation split along its leading (sentence) axis where the caller set Flax's logical rule for
+    "batch" (the FSDP step does); a no-op otherwise. Without it, weights split over the data axis lead the SPMD
+    partitioner to split activations by feature and gather the whole batch at every layer."""
+    return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """The architecture fields of a Hugging Face `BertConfig` that the encoder uses."""
@@ -95,7 +102,7 @@ class BertEmbeddings(nn.Module):
             + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         )
         x = _layer_norm(cfg, self.dtype)(x)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return split_by_sentence(nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic))
 
 
 class BertSelfAttention(nn.Module):
@@ -112,7 +119,7 @@ class BertSelfAttention(nn.Module):
         head_dim = cfg.hidden_size // heads
 
         def project(name: str, inputs: jax.Array) -> jax.Array:
-            y = _dense(cfg, cfg.hidden_size, name, self.dtype)(inputs)
+            y = split_by_sentence(_dense(cfg, cfg.hidden_size, name, self.dtype)(inputs))
             return y.reshape(*y.shape[:-1], heads, head_dim)
 
         # first_only: only position 0 ([CLS]) asks queries; keys and values still come from every token.
@@ -123,7 +130,7 @@ class BertSelfAttention(nn.Module):
         probs = jax.nn.softmax(scores + mask_bias, axis=-1)
         probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
-        return ctx.reshape(*ctx.shape[:-2], cfg.hidden_size)
+        return split_by_sentence(ctx.reshape(*ctx.shape[:-2], cfg.hidden_size))
 
 
 class _ResidualOutput(nn.Module):
@@ -137,7 +144,7 @@ class _ResidualOutput(nn.Module):
         cfg = self.config
         y = _dense(cfg, cfg.hidden_size, "dense", self.dtype)(x)
         y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
-        return _layer_norm(cfg, self.dtype)(y + residual)
+        return split_by_sentence(_layer_norm(cfg, self.dtype)(y + residual))
 
 
 class BertAttention(nn.Module):
@@ -161,7 +168,8 @@ class _Intermediate(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        return _ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, "dense", self.dtype)(x))
+        return split_by_sentence(_ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, "dense",
+                                                                     self.dtype)(x)))
 
 
 class BertLayer(nn.Module):

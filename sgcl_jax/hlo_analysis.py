@@ -75,7 +75,7 @@ _DCN = re.compile(r"=\s*(?P<type>\(.+?\))\s+send\(.*_xla_megascale_transfer_type
 
 
 def collectives(hlo: str, devices: list[Any], global_batch: int, feature: int,
-                param_shapes: frozenset[tuple[int, ...]] = frozenset()) -> list[dict[str, Any]]:
+                param_shapes: frozenset[tuple[int, ...]] = frozenset(), length: int = 0) -> list[dict[str, Any]]:
     """Every collective of the compiled program (async start/done counted once): opcode, bytes per step (the
     result's size per device), group size, and whether it crosses slices. Between slices the compiler splits a
     collective into ICI collectives inside each slice and host transfers over the data-center network (Megascale
@@ -107,17 +107,21 @@ def collectives(hlo: str, devices: list[Any], global_batch: int, feature: int,
                "shapes": [f"{dt}[{','.join(map(str, s))}]" for dt, s in arrays],
                "group_size": int(groups.shape[1]) if groups.ndim == 2 else 1, "groups": int(groups.shape[0]),
                "crosses_slices": bool(dcn)}
-        row["role"] = _role(row["op"], arrays, global_batch, feature, param_shapes)
+        row["role"] = _role(row["op"], arrays, global_batch, feature, param_shapes, length)
         out.append(row)
     return out
 
 
 def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int, feature: int,
-          param_shapes: frozenset[tuple[int, ...]] = frozenset()) -> str:
-    """What a collective is for, from its shapes: the global batch's vectors, per-sentence loss statistics, or
-    (everything else) the parameters' gradients or, under FSDP, the parameters themselves."""
+          param_shapes: frozenset[tuple[int, ...]] = frozenset(), length: int = 0) -> str:
+    """What a collective is for, from its shapes: the global batch's vectors, per-sentence loss statistics, the
+    hidden states of every token of the global batch (a layout fault), or (everything else) the parameters'
+    gradients or, under FSDP, the parameters themselves."""
     def rows(shape: tuple[int, ...]) -> int:
         return math.prod(shape[:-1]) if shape else 0
+
+    if length and any(dt[0] in "bf" and s[:2] == (global_batch, length) for dt, s in arrays):
+        return "activations: every token's hidden state of the global batch (moving sentences, not weights)"
 
     if arrays and any(s in param_shapes for _, s in arrays):  # a weight's shape (the head's 4096 x 4096 too)
         return "parameters: gathering sharded weights (FSDP)" if op in ("all-gather", "collective-permute") \

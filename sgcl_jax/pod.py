@@ -136,7 +136,7 @@ def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int, enc
     if c["flops"] is None:  # no compiler count (GPU): the roofline runs on the analytic count
         c["flops_source"] = "analytic (the compiler gives no cost analysis for this target)"
     shapes = frozenset(tuple(x.shape) for x in jax.tree.leaves((args["state"].params, args["guide"])))
-    rows = collectives(compiled.as_text(), list(p.mesh.devices.flat), p.global_batch, feature, shapes)
+    rows = collectives(compiled.as_text(), list(p.mesh.devices.flat), p.global_batch, feature, shapes, p.length)
     state = args["state"]
     ratio = c["flops"] / analytic if analytic and c["flops"] is not None else None
     out = {

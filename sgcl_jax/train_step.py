@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from sgcl_jax import losses
 from sgcl_jax.config import ObjectiveConfig, OptimConfig
 from sgcl_jax.model import ModelSpec, Params, forward, init_trainable, regulariser
 from sgcl_jax.pretrained import abstract_params
-from sgcl_jax.sharding import Layout
+from sgcl_jax.sharding import DATA, Layout
 
 
 @flax.struct.dataclass
@@ -132,7 +133,12 @@ def jit_train_step(spec: ModelSpec, objective: ObjectiveConfig, optim: OptimConf
                              schedule=lr_schedule(optim, total_steps))
 
     def fn(state: TrainState, guide: Params, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
-        return step(state, guide, batch, step_rng(state))
+        if layout is None or not layout.fsdp:
+            return step(state, guide, batch, step_rng(state))
+        # FSDP: activations stay split by sentence (bert.split_by_sentence), so the compiler gathers the weights,
+        # not the batch. Replicated weights never pull activations off the batch split: no rule needed there.
+        with jax.sharding.use_abstract_mesh(layout.mesh.abstract_mesh), nn.logical_axis_rules([("batch", DATA)]):
+            return step(state, guide, batch, step_rng(state))
 
     kwargs = {}
     if layout is not None:
