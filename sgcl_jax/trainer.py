@@ -217,7 +217,8 @@ class Trainer:
             if step % cfg.train.log_every == 0 or step == total:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 _check_finite(self.state, self.ckpt, cfg, values["loss"])
-                self.records.write(step, {**values, "steps_per_s": timer.rate()})
+                rate = timer.rate()  # NaN when every step since the last line compiled: left out, not logged
+                self.records.write(step, {**values, **({"steps_per_s": rate} if math.isfinite(rate) else {})})
                 if bar is not None:
                     bar.set_postfix(loss=f"{values['loss']:.3f}", dev=f"{run.prev_score:.2f}")
             if evaluating and (step % cfg.train.eval_every == 0 or step == total):
