@@ -48,7 +48,7 @@ def main() -> None:
         classifiers._threads = lambda t=threads: t  # noqa: B023 (bound through the default)
         classifiers.run_fits("mlp", x, y, 2, fits, cfg)  # every width this search reaches compiles, untimed
         t0 = time.perf_counter()
-        params, val, stats = classifiers.run_fits("mlp", x, y, 2, fits, cfg)
+        _, val, stats = classifiers.run_fits("mlp", x, y, 2, fits, cfg)
         rows[name] = (time.perf_counter() - t0, stats, val)
         print(f"{name} ({threads} thread(s)): {rows[name][0]:.1f} s, {stats.flops / rows[name][0] / 1e9:.1f} "
               f"GFLOP/s useful, {stats.executed_flops / stats.flops:.2f}x executed/useful", flush=True)

@@ -1,5 +1,5 @@
-"""The classifiers of SentEval's transfer protocols as batched JAX programs: every fit of a task (folds x penalties x
-seeds) trained together inside one jitted program, and chosen by name from one registry.
+"""The classifiers of SentEval's transfer protocols as batched JAX programs: the fits of a task (folds x penalties x
+seeds) trained together by jitted programs, and chosen by name from one registry.
 
 `logreg`: L2-regularised logistic regression in scikit-learn's convention (C; binomial for two classes,
 multinomial for more, intercept not penalised) solved to convergence by Newton's method with conjugate gradients.
@@ -260,10 +260,11 @@ def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: li
                ) -> tuple[Any, np.ndarray]:
     """One chunk of SentEval MLP fits (the first `real` are not padding) -> the best params and best validation
     accuracy of each. Fits that differ in their penalty only train as one block (one wider network). On the CPU
-    each block is one call, the calls spread over one thread per core, and a block's call ends when its members
-    stopped; on an accelerator the blocks are vmapped and advance SEGMENT_CHECKS validation checks at a time, only
-    the blocks still running going on, packed into the narrowest of a few fixed widths. Either way a finished block
-    costs nothing more (a vmapped loop would otherwise run every block until the slowest stops)."""
+    each block runs alone (unbatched calls of SEGMENT_CHECKS validation checks, until its members stopped), the
+    blocks spread over one thread per core; on an accelerator the blocks are vmapped and advance SEGMENT_CHECKS
+    validation checks at a time, only the blocks still running going on, packed into the narrowest of a few fixed
+    widths. Either way a finished block costs nothing more (a vmapped loop would otherwise run every block until the
+    slowest stops)."""
     d = x.shape[1]
     train_max, val_max = sizes
     blocks = _blocks(fits, padded[:real])
@@ -283,13 +284,13 @@ def _train_mlp(x: jax.Array, y: jax.Array, nclasses: int, fits: Fits, padded: li
     def run(group: np.ndarray) -> float:
         """Advances a group of blocks until all their members stopped -> the FLOPs executed."""
         active, executed = group, 0.0
+        args = (train_idx, n_train, val_idx, n_val, l2, seeds, state)  # per block; `state` is updated in place
         while active.size:
             width = group.size
             while width // 2 >= active.size and width > max(1, group.size // MLP_WIDTHS):
                 width //= 2  # a few widths only: each is one compile
             rows = np.concatenate([active, np.full(width - active.size, active[-1])])
             before = state[6][active].max(1)
-            args = (train_idx, n_train, val_idx, n_val, l2, seeds, state)
             if width == 1:  # one block: the unbatched program, its block axis put back
                 one = jax.tree.map(lambda a, b=rows[0]: a[b], args)
                 new = jax.tree.map(lambda a: np.asarray(a)[None], advance_one(x, y, *one))

@@ -171,9 +171,9 @@ def _time_pipeline(batch: int, steps: int, max_length: int, tokenizer: str, data
             "cores": 1, "sentences": len(sentences)}
 
 
-def time_train_step(model: str, dtype: str, batch: int, steps: int, lengths: str, with_torch: bool, remat: bool = False,
-        head_dim: int = 4096, max_length: int = 128, warmup: int = 3, data_dir: str | None = None,
-        tokenizer: str = "minilm") -> dict[str, Any]:
+def time_train_step(model: str, dtype: str, batch: int, steps: int, lengths: str, with_torch: bool,
+                    remat: bool = False, head_dim: int = 4096, max_length: int = 128, warmup: int = 3,
+                    data_dir: str | None = None, tokenizer: str = "minilm") -> dict[str, Any]:
     """One benchmark row: JAX (and PyTorch) on the same batches."""
     cfg = SHAPES[model]
     buckets = buckets_for(max_length)
