@@ -1,7 +1,7 @@
 """The README's "Planning a pod run" table from `python -m sgcl_jax.aot`'s own JSON: first one report per model x
 topology at the paper's global batch (16, spread over the devices), then the largest per-device batch (replicated
 and FSDP) for the cells given to --max-batch. One JSON per command in --out; a JSON already there is not compiled
-again (resumable); the table is printed from the JSONs present.
+again, and a search killed midway resumes from its compiles (<cell>.json.compiles.jsonl); the table is printed from the JSONs present.
 
     JAX_PLATFORMS=cpu python benchmarks/pod_table.py --out runs/pod_table --max-batch bert-base:v5e-256
     python benchmarks/pod_table.py --out runs/pod_table --table-only
@@ -26,7 +26,7 @@ COMMON = ["--config.model.max_length=128", "--config.data.batch_size=16",
 def command(model: str, topology: str, out: Path, search: str | None = None) -> list[str]:
     """The aot command line of one cell: the report, or (search='replicated'|'fsdp') its largest batch."""
     fsdp = ["--config.mesh.fsdp=True"] if search == "fsdp" else []
-    extra = [] if search is None else ["--max-batch", "step", *fsdp]
+    extra = [] if search is None else ["--max-batch", "step", "--max-batch-only", *fsdp]
     return [sys.executable, "-m", "sgcl_jax.aot", *MODELS[model], "--topology", topology, *COMMON, *extra,
             "--out", str(out)]
 

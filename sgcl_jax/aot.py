@@ -44,6 +44,11 @@ _MAX_BATCH = flags.DEFINE_enum("max-batch", "none", ["none", "step", "all"], "Al
                                "encoder ('all').", flag_values=FLAGS)
 _RESOLUTION = flags.DEFINE_integer("max-batch-resolution", 32, "The search stops within 1/N of the answer.",
                                    flag_values=FLAGS)
+_SEARCH_LOG = flags.DEFINE_string("search-log", None, "Keep every compile of the --max-batch search in this JSON-lines "
+                                  "file; a rerun with the same file compiles only what it lacks (default: <out>"
+                                  ".compiles.jsonl when --out is given).", flag_values=FLAGS)
+_SEARCH_ONLY = flags.DEFINE_bool("max-batch-only", False, "Compile only the --max-batch search, not the report at "
+                                 "the config's batch (it saves 1-3 compiles).", flag_values=FLAGS)
 _OUT = flags.DEFINE_string("out", None, "Write the report as JSON here.", flag_values=FLAGS)
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a failure.", flag_values=FLAGS)
 flags.mark_flags_as_required(["config", "topology"], flag_values=FLAGS)
@@ -63,6 +68,23 @@ def per_device_batch(cfg: Config, devices: int, given: int | None) -> int:
     return per
 
 
+def search(cfg: Config, target: topologies.Target, slices: int, whats: str) -> dict[str, dict]:
+    """The --max-batch searches ('step' or 'all'), each resuming from its compiles in the search log."""
+    devices = topologies.topology_devices(target, slices)
+    path = _SEARCH_LOG.value or (f"{_OUT.value}.compiles.jsonl" if _OUT.value else None)
+    found = {}
+    for what in ("step", "encoder") if whats == "all" else ("step",):
+        known, record = {}, None
+        if path:
+            key = {"config": cfg.to_dict(), "topology": target.topology, "slices": slices, "what": what,
+                   **topologies.versions()}
+            known, record = pod.search_log(path, key)
+            if known:
+                log.info("%s: %d earlier compiles of this search from %s", what, len(known), path)
+        found[what] = pod.max_batch(cfg, devices, what, resolution=_RESOLUTION.value, known=known, record=record)
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Flags (argv without the program; default sys.argv[1:]) -> the report (text and JSON) -> the exit code:
     2 when the step does not fit, 1 on any other failure."""
@@ -74,12 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _SLICES.value < 1:
             raise ValueError(f"--num-slices {_SLICES.value}: must be >= 1")
         batch = per_device_batch(cfg, target.chips * _SLICES.value, _BATCH.value)
-        report = pod.report(cfg, target, _SLICES.value, batch)
+        if _SEARCH_ONLY.value and _MAX_BATCH.value == "none":
+            raise ValueError("--max-batch-only needs --max-batch step|all")
+        report = ({"label": "compiled, not run", "target": pod.describe_target(target, _SLICES.value)}
+                  if _SEARCH_ONLY.value else pod.report(cfg, target, _SLICES.value, batch))
         if _MAX_BATCH.value != "none":
-            devices = topologies.topology_devices(target, _SLICES.value)
-            whats = ("step", "encoder") if _MAX_BATCH.value == "all" else ("step",)
-            report["max_batch"] = {what: pod.max_batch(cfg, devices, what, resolution=_RESOLUTION.value)
-                                   for what in whats}
+            report["max_batch"] = search(cfg, target, _SLICES.value, _MAX_BATCH.value)
     except pod.DoesNotFit as e:
         print(f"does not fit: {e}", file=sys.stderr)
         if _OUT.value:
@@ -88,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.DOES_NOT_FIT
     except (*cli.USER_ERRORS, Exception) as e:  # a compile failure is an XlaRuntimeError
         return cli.fail(e, _VERBOSE.value)
-    print(pod.format_report(report))
+    if not _SEARCH_ONLY.value:
+        print(pod.format_report(report))
     for what, found in report.get("max_batch", {}).items():
         print(f"largest per-device batch for the {what}: {found['max_per_device_batch']} "
               f"({found['first_failing']} does not fit; {found['compiles']} compiles)")

@@ -9,7 +9,9 @@ and the compiled program answers `memory_analysis()`, `cost_analysis()` and `as_
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -121,6 +123,15 @@ def hbm_line(message: str) -> str:
 # ------------------------------------------------------------------------------------------ the report
 
 
+def describe_target(target: Target, num_slices: int, devices: list[Any] | None = None) -> dict[str, Any]:
+    """The report's "target" section: topology, chips, devices, slices, device kind and the compiler versions."""
+    devices = devices or topology_devices(target, num_slices)
+    return {"topology": target.name, "jax_topology": target.topology, "platform": target.platform,
+            "chips": target.chips * num_slices, "devices": len(devices),
+            "devices_per_chip": len(devices) // (target.chips * num_slices), "slices": num_slices,
+            "device_kind": devices[0].device_kind, **versions()}
+
+
 def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int, encoder: bool = True) -> dict[str, Any]:
     """Compiles the step (and the encoder) and gathers every analysis; raises DoesNotFit for an out-of-memory."""
     devices = topology_devices(target, num_slices)
@@ -141,10 +152,7 @@ def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int, enc
     ratio = c["flops"] / analytic if analytic and c["flops"] is not None else None
     out = {
         "label": "compiled, not run",
-        "target": {"topology": target.name, "jax_topology": target.topology, "platform": target.platform,
-                   "chips": target.chips * num_slices, "devices": len(devices),
-                   "devices_per_chip": len(devices) // (target.chips * num_slices), "slices": num_slices,
-                   "device_kind": devices[0].device_kind, **versions()},
+        "target": describe_target(target, num_slices, devices),
         "mesh": {"axes": dict(p.mesh.shape), "fsdp": p.layout.fsdp, "per_device_batch": per_device_batch,
                  "global_batch": p.global_batch, "length": p.length, "dtype": cfg.model.dtype,
                  "sharding": {"batch": str(p.layout.batch.spec),
@@ -188,48 +196,89 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
     return True, float(memory(compiled, chip_of(devices[0]))["total_bytes"])
 
 
+def search_log(path: str, key: dict[str, Any]) -> tuple[dict[int, tuple[bool, float | None]], Any]:
+    """A max-batch search's compiles kept as JSON lines: -> (this search's earlier compiles, a function that
+    appends one). Lines of another search (`key`: config, topology, slices, what, libtpu) or a line torn by a
+    kill are skipped, so a search killed after hours resumes with what it had compiled."""
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))
+    known: dict[int, tuple[bool, float | None]] = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if row.get("key") == key:
+                    known[int(row["batch"])] = (bool(row["fits"]), row.get("bytes"))
+
+    def record(batch: int, ok: bool, mem: float | None) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"key": key, "batch": batch, "fits": ok, "bytes": mem}, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    return known, record
+
+
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
-              resolution: int = 32, fits_fn: Any = fits) -> dict:
-    """The largest per-device batch that compiles within HBM: two compiles fit memory = a + b x batch, the
-    prediction is bracketed by compiles, then bisected to 1/resolution of the answer (6-8 compiles)."""
-    tried: dict[int, bool] = {}
+              resolution: int = 32, fits_fn: Any = fits, known: dict[int, tuple[bool, float | None]] | None = None,
+              record: Any = None) -> dict:
+    """The largest per-device batch that compiles within HBM, to 1/resolution of the answer. Each next compile
+    is the batch where a line through the two largest fitting compiles' memory meets HBM (aimed 1/(2 x
+    resolution) below it, so the compile just above usually ends the search), then bisection once bracketed:
+    4-6 compiles when memory grows linearly. `known` holds earlier compiles (batch -> (fits, bytes)): they are
+    not compiled again, so a killed search resumes; `record(batch, fits, bytes)` is told of every new compile."""
+    tried: dict[int, tuple[bool, float | None]] = dict(known or {})
+    compiled = 0
+    hbm = chip_of(devices[0]).hbm_gib * GiB
 
-    def check(b: int) -> tuple[bool, float | None]:
-        ok, mem = fits_fn(cfg, devices, b, what)
-        tried[b] = ok
-        log.info("%s at per-device batch %d: %s", what, b, "fits" if ok else "does not fit")
-        return ok, mem
+    def check(b: int) -> bool:
+        nonlocal compiled
+        if b not in tried:
+            ok, mem = fits_fn(cfg, devices, b, what)
+            tried[b], compiled = (ok, mem), compiled + 1
+            log.info("%s at per-device batch %d: %s", what, b,
+                     f"fits ({mem / GiB:.2f} GiB)" if ok and mem else "fits" if ok else "does not fit")
+            if record is not None:
+                record(b, ok, mem)
+        return tried[b][0]
 
-    ok1, m1 = check(start)
-    if not ok1:
-        lo, hi = 0, start
-    else:
-        ok2, m2 = check(2 * start)
-        if not ok2:
-            lo, hi = start, 2 * start
-        else:
-            hbm = chip_of(devices[0]).hbm_gib * GiB
-            slope = max((m2 - m1) / start, 1.0)
-            guess = int(min(limit, max(2 * start, (hbm - m1) / slope + start)))
-            lo, hi = 2 * start, None
-            b = guess
-            while hi is None:  # bracket the prediction: step up until a compile fails
-                ok, _ = check(b)
-                if ok:
-                    lo, b = b, min(limit, max(b + 1, int(b * (1 + 2 / resolution))))
-                    if lo >= limit:
-                        hi = limit + 1
-                else:
-                    hi = b
-    while hi - lo > max(1, lo // resolution):
-        mid = (lo + hi) // 2
-        if check(mid)[0]:
-            lo = mid
-        else:
-            hi = mid
+    def bounds() -> tuple[int, int | None]:
+        good = [b for b, (ok, _) in tried.items() if ok]
+        bad = [b for b, (ok, _) in tried.items() if not ok]
+        return max(good, default=0), min(bad, default=None)
+
+    def done(lo: int, hi: int | None) -> bool:
+        return hi is not None and hi - lo <= max(1, lo // resolution)
+
+    def aim(lo: int) -> int | None:
+        """Where the line through the two largest fitting compiles meets HBM, a little below."""
+        measured = sorted((b, m) for b, (ok, m) in tried.items() if ok and m is not None)
+        if len(measured) < 2:
+            return None
+        (b1, m1), (b2, m2) = measured[-2:]
+        b = int((b2 + (hbm - m2) / max((m2 - m1) / (b2 - b1), 1.0)) * (1 - 0.5 / resolution))
+        return max(b, lo + max(1, lo // resolution))  # within the resolution of lo: probe just above it
+
+    if not tried:
+        check(start)
+    lo, hi = bounds()
+    bisect = False
+    while not done(lo, hi) and lo < limit:
+        b = aim(lo)
+        if hi is None:  # extrapolate until a compile fails
+            b = 2 * lo if b is None else b
+        elif b is None or b >= hi or bisect:  # bracketed: the line, alternating with halving (convex memory)
+            b = (lo + hi) // 2
+        bisect = hi is not None and not bisect
+        check(min(limit, max(lo + 1, b)))
+        lo, hi = bounds()
+    hi = limit + 1 if hi is None else hi
     return {"what": what, "max_per_device_batch": lo, "first_failing": hi, "resolution": f"1/{resolution}",
-            "compiles": len(tried),
-            "tried": {str(k): v for k, v in sorted(tried.items())}}
+            "compiles": len(tried), "compiled_now": compiled,
+            "tried": {str(k): ok for k, (ok, _) in sorted(tried.items())},
+            "bytes": {str(k): m for k, (ok, m) in sorted(tried.items()) if ok}}
 
 
 # ------------------------------------------------------------------------------------------ text

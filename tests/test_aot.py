@@ -130,18 +130,33 @@ def test_multi_slice_separates_what_crosses_the_slices(tiny_config):
     assert "cross slices" in pod.format_report(r)
 
 
-def test_max_batch_search_finds_the_boundary():
+def test_max_batch_search_finds_the_boundary(tmp_path):
     devices = topologies.topology_devices(topologies.resolve_topology("v5e:2x2"))
     hbm = 16 * 2**30
-    for limit_batch in (3, 700, 1234, 50_000):
-        def fake(cfg, devs, b, what, limit_batch=limit_batch):  # memory grows faster than linearly near the top
-            mem = 2**30 + (hbm - 2**30) * (b / limit_batch) ** 1.3
-            return b <= limit_batch, (mem if b <= limit_batch else None)
+    for power, most in ((1.0, 6), (1.3, 10)):  # linear memory, and memory growing faster near the top
+        for limit_batch in (3, 700, 1234, 50_000):
+            calls = []
 
-        found = pod.max_batch(None, devices, "step", start=8, fits_fn=fake)
-        best, bad = found["max_per_device_batch"], found["first_failing"]
-        assert best <= limit_batch < bad <= best + max(1, best // 32), (limit_batch, found)
-        assert found["compiles"] <= 16, found
+            def fake(cfg, devs, b, what, limit_batch=limit_batch, power=power, calls=calls):
+                calls.append(b)
+                mem = 2**30 + (hbm - 2**30) * (b / limit_batch) ** power
+                return b <= limit_batch, (mem if b <= limit_batch else None)
+
+            log = str(tmp_path / f"{power}_{limit_batch}.jsonl")
+            known, record = pod.search_log(log, {"cell": limit_batch})
+            found = pod.max_batch(None, devices, "step", start=8, fits_fn=fake, known=known, record=record)
+            best, bad = found["max_per_device_batch"], found["first_failing"]
+            assert best <= limit_batch < bad <= best + max(1, best // 32), (limit_batch, found)
+            assert len(calls) == len(set(calls)) == found["compiles"] <= most, (power, limit_batch, found)
+            # killed after its third compile: the rerun compiles only what the log lacks, to the same answer
+            first, lines = list(calls), open(log).read().splitlines()
+            with open(log, "w") as f:
+                f.write("\n".join(lines[:3]) + '\n{"torn')
+            calls.clear()
+            known, record = pod.search_log(log, {"cell": limit_batch})
+            again = pod.max_batch(None, devices, "step", start=8, fits_fn=fake, known=known, record=record)
+            assert again["max_per_device_batch"] == best and calls == first[3:], (found, again, calls)
+            assert not pod.search_log(log, {"cell": "another"})[0]
 
 
 @pytest.mark.slow
