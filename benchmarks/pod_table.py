@@ -1,7 +1,8 @@
 """The README's "Planning a pod run" table from `python -m sgcl_jax.aot`'s own JSON: first one report per model x
 topology at the paper's global batch (16, spread over the devices), then the largest per-device batch (replicated
 and FSDP) for the cells given to --max-batch. One JSON per command in --out; a JSON already there is not compiled
-again, and a search killed midway resumes from its compiles (<cell>.json.compiles.jsonl); the table is printed from the JSONs present.
+again, and a search killed midway resumes from its compiles (<cell>.json.compiles.jsonl); the table is printed
+from the JSONs present.
 
     JAX_PLATFORMS=cpu python benchmarks/pod_table.py --out runs/pod_table --max-batch bert-base:v5e-256
     python benchmarks/pod_table.py --out runs/pod_table --table-only

@@ -265,7 +265,9 @@ class Trainer:
                 best, label = params, f"step {step}: the best checkpoint best/{run.best_step} is lost ({e})"
         results = score(best, f"best on dev, {label}")
         results["training"] = {"seed": cfg.seed, "best_step": run.best_step, "best_score": run.best_score,
-                               "stopped": run.stopped, "step": step, "total_steps": self.setup.total}
+                               "stopped": run.stopped, "step": step, "total_steps": self.setup.total,
+                               "selected_by": self.setup.dev.protocol()["dev"] if self.setup.dev else
+                               "no STS-B dev set: the last state"}
         if cfg.eval.also_last:
             # The released training.py scores the in-memory model after early stopping, not the best one.
             last = score(params, f"last, step {step}") if run.best_step != step else results

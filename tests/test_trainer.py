@@ -29,6 +29,7 @@ def test_end_to_end(tmp_path, tiny_config, capsys):
     assert saved["tasks"]["STSB"]["score"] == pytest.approx(res["tasks"]["STSB"]["score"])
     assert saved["protocol"]["pooling"] == "cls" and saved["protocol"]["dtype"] == "float32"
     assert saved["training"]["total_steps"] == 30
+    assert saved["training"]["selected_by"] == "STS-B dev (1500 pairs), cosine, spearman x100"
     assert saved["average"] == {"score": saved["tasks"]["STSB"]["score"], "tasks": ["STSB"], "complete": True,
                                 "of": 1}
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
