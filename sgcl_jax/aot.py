@@ -14,6 +14,7 @@ Exit status: 0 fits, 2 does not fit (the compiler's own "Used A of B hbm" line i
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -45,7 +46,7 @@ _MAX_BATCH = flags.DEFINE_enum("max-batch", "none", ["none", "step", "all"], "Al
 _RESOLUTION = flags.DEFINE_integer("max-batch-resolution", 32, "The search stops within 1/N of the answer.",
                                    flag_values=FLAGS)
 _SEARCH_LOG = flags.DEFINE_string("search-log", None, "Keep every compile of the --max-batch search in this JSON-lines "
-                                  "file; a rerun with the same file compiles only what it lacks (default: <out>"
+                                  "file, keyed by the program; a rerun compiles only what it lacks (default: <out>"
                                   ".compiles.jsonl when --out is given).", flag_values=FLAGS)
 _SEARCH_ONLY = flags.DEFINE_bool("max-batch-only", False, "Compile only the --max-batch search, not the report at "
                                  "the config's batch (it saves 1-3 compiles).", flag_values=FLAGS)
@@ -69,20 +70,12 @@ def per_device_batch(cfg: Config, devices: int, given: int | None) -> int:
 
 
 def search(cfg: Config, target: topologies.Target, slices: int, whats: str) -> dict[str, dict]:
-    """The --max-batch searches ('step' or 'all'), each resuming from its compiles in the search log."""
+    """The --max-batch searches ('step' or 'all'); a program compiled before (the search log) is not compiled again."""
     devices = topologies.topology_devices(target, slices)
     path = _SEARCH_LOG.value or (f"{_OUT.value}.compiles.jsonl" if _OUT.value else None)
-    found = {}
-    for what in ("step", "encoder") if whats == "all" else ("step",):
-        known, record = {}, None
-        if path:
-            key = {"config": cfg.to_dict(), "topology": target.topology, "slices": slices, "what": what,
-                   **topologies.versions()}
-            known, record = pod.search_log(path, key)
-            if known:
-                log.info("%s: %d earlier compiles of this search from %s", what, len(known), path)
-        found[what] = pod.max_batch(cfg, devices, what, resolution=_RESOLUTION.value, known=known, record=record)
-    return found
+    fits = functools.partial(pod.fits, compile_log=pod.CompileLog(path)) if path else pod.fits
+    return {what: pod.max_batch(cfg, devices, what, resolution=_RESOLUTION.value, fits_fn=fits)
+            for what in (("step", "encoder") if whats == "all" else ("step",))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

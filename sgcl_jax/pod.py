@@ -9,6 +9,7 @@ and the compiled program answers `memory_analysis()`, `cost_analysis()` and `as_
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -74,6 +75,12 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 
 def compile_step(p: Program) -> tuple[Any, dict[str, Any]]:
     """Compiles the trainer's own jitted step (same function, shardings and donation); -> (compiled, abstract args)."""
+    lowered, args = lower_step(p)
+    return _compile(lowered), args
+
+
+def lower_step(p: Program) -> tuple[Any, dict[str, Any]]:
+    """The trainer's own jitted step lowered for the program's mesh; -> (lowered, abstract args)."""
     cfg = p.cfg
     total = cfg.train.num_steps or 1000  # the schedule's length only changes constants
     tx, step = jit_train_step(p.spec, cfg.objective, cfg.optim, total, p.layout)
@@ -83,16 +90,21 @@ def compile_step(p: Program) -> tuple[Any, dict[str, Any]]:
     tokens = jax.ShapeDtypeStruct((p.global_batch, p.length), jnp.int32, sharding=p.layout.batch)
     args = {"state": _abstract(state, state_sh), "guide": _abstract(guide, guide_sh),
             "batch": {"input_ids": tokens, "attention_mask": tokens, "token_type_ids": tokens}}
-    return _compile(step.lower(args["state"], args["guide"], args["batch"])), args
+    return step.lower(args["state"], args["guide"], args["batch"]), args
 
 
 def compile_encoder(cfg: Any, bert: Any, device: Any, batch: int) -> Any:
     """Compiles the evaluation encoder's own forward (`encoder.embed_fn`) on one device at this batch."""
+    return _compile(lower_encoder(cfg, bert, device, batch))
+
+
+def lower_encoder(cfg: Any, bert: Any, device: Any, batch: int) -> Any:
+    """The evaluation encoder's own forward lowered for one device at this batch."""
     one = NamedSharding(Mesh(np.asarray([device]), ("d",)), PartitionSpec())
     params = _abstract(abstract_params(bert), jax.tree.map(lambda _: one, abstract_params(bert)))
     tokens = jax.ShapeDtypeStruct((batch, cfg.model.max_length), jnp.int32, sharding=one)
     fn = embed_fn(bert, cfg.eval.dtype, cfg.eval.pooling, "last")
-    return _compile(fn.lower(params, {"input_ids": tokens, "attention_mask": tokens, "token_type_ids": tokens}))
+    return fn.lower(params, {"input_ids": tokens, "attention_mask": tokens, "token_type_ids": tokens})
 
 
 def _compile(lowered: Any) -> Any:
@@ -184,64 +196,83 @@ def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int, enc
     return out
 
 
-def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step") -> tuple[bool, float | None]:
-    """(whether it compiles within HBM, total bytes per device when it does)."""
-    try:
-        if what == "step":
-            compiled, _ = compile_step(program(cfg, devices, per_device_batch))
-        else:
-            compiled = compile_encoder(cfg, guide_architecture(cfg.model), devices[0], per_device_batch)
-    except DoesNotFit:
-        return False, None
-    return True, float(memory(compiled, chip_of(devices[0]))["total_bytes"])
+class CompileLog:
+    """What earlier compiles answered (fits, bytes per device), as JSON lines keyed by the program itself: a hash
+    of the lowered module's text, the target's devices and the jax / jaxlib / libtpu versions. A max-batch
+    search killed after hours resumes with what it had compiled, and a changed step, config, target or compiler
+    is compiled again. A line torn by a kill is skipped."""
 
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self.answers: dict[str, tuple[bool, float | None]] = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                        self.answers[row["key"]] = (bool(row["fits"]), row["bytes"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
 
-def search_log(path: str, key: dict[str, Any]) -> tuple[dict[int, tuple[bool, float | None]], Any]:
-    """A max-batch search's compiles kept as JSON lines: -> (this search's earlier compiles, a function that
-    appends one). Lines of another search (`key`: config, topology, slices, what, libtpu) or a line torn by a
-    kill are skipped, so a search killed after hours resumes with what it had compiled."""
-    key = json.loads(json.dumps(key, sort_keys=True, default=str))
-    known: dict[int, tuple[bool, float | None]] = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if row.get("key") == key:
-                    known[int(row["batch"])] = (bool(row["fits"]), row.get("bytes"))
+    @staticmethod
+    def key(lowered: Any, devices: list[Any]) -> str:
+        """The program's identity: its lowered text (no source locations) and where and with what it compiles."""
+        target = [(d.id, d.device_kind, getattr(d, "coords", None), getattr(d, "slice_index", 0)) for d in devices]
+        text = lowered.as_text() + json.dumps([target, versions()], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
-    def record(batch: int, ok: bool, mem: float | None) -> None:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"key": key, "batch": batch, "fits": ok, "bytes": mem}, sort_keys=True) + "\n")
+    def add(self, key: str, batch: int, ok: bool, mem: float | None) -> None:
+        """Appends one answer (flushed to disk before the search goes on)."""
+        self.answers[key] = (ok, mem)
+        torn = os.path.exists(self.path) and os.path.getsize(self.path) > 0 and _last_byte(self.path) != b"\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(("\n" if torn else "") + json.dumps({"key": key, "batch": batch, "fits": ok, "bytes": mem}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
-    return known, record
+
+def _last_byte(path: str | os.PathLike) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step",
+         compile_log: CompileLog | None = None) -> tuple[bool, float | None]:
+    """(whether it compiles within HBM, total bytes per device when it does); the same program found in
+    `compile_log` is not compiled again."""
+    if what == "step":
+        lowered, _ = lower_step(program(cfg, devices, per_device_batch))
+    else:
+        lowered = lower_encoder(cfg, guide_architecture(cfg.model), devices[0], per_device_batch)
+    key = CompileLog.key(lowered, devices) if compile_log is not None else ""
+    if compile_log is not None and key in compile_log.answers:
+        log.info("%s at per-device batch %d: compiled before (%s)", what, per_device_batch, compile_log.path)
+        return compile_log.answers[key]
+    try:
+        answer = True, float(memory(_compile(lowered), chip_of(devices[0]))["total_bytes"])
+    except DoesNotFit:
+        answer = False, None
+    if compile_log is not None:
+        compile_log.add(key, per_device_batch, *answer)
+    return answer
 
 
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
-              resolution: int = 32, fits_fn: Any = fits, known: dict[int, tuple[bool, float | None]] | None = None,
-              record: Any = None) -> dict:
+              resolution: int = 32, fits_fn: Any = fits) -> dict:
     """The largest per-device batch that compiles within HBM, to 1/resolution of the answer. Each next compile
     is the batch where a line through the two largest fitting compiles' memory meets HBM (aimed 1/(2 x
     resolution) below it, so the compile just above usually ends the search), then bisection once bracketed:
-    4-6 compiles when memory grows linearly. `known` holds earlier compiles (batch -> (fits, bytes)): they are
-    not compiled again, so a killed search resumes; `record(batch, fits, bytes)` is told of every new compile."""
-    tried: dict[int, tuple[bool, float | None]] = dict(known or {})
-    compiled = 0
+    4-6 compiles when memory grows linearly. The search is deterministic: given `fits_fn` answers from a
+    CompileLog, a killed search replays to where it stopped without compiling."""
+    tried: dict[int, tuple[bool, float | None]] = {}
     hbm = chip_of(devices[0]).hbm_gib * GiB
 
     def check(b: int) -> bool:
-        nonlocal compiled
         if b not in tried:
-            ok, mem = fits_fn(cfg, devices, b, what)
-            tried[b], compiled = (ok, mem), compiled + 1
+            ok, mem = tried[b] = fits_fn(cfg, devices, b, what)
             log.info("%s at per-device batch %d: %s", what, b,
                      f"fits ({mem / GiB:.2f} GiB)" if ok and mem else "fits" if ok else "does not fit")
-            if record is not None:
-                record(b, ok, mem)
         return tried[b][0]
 
     def bounds() -> tuple[int, int | None]:
@@ -257,12 +288,16 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
         measured = sorted((b, m) for b, (ok, m) in tried.items() if ok and m is not None)
         if len(measured) < 2:
             return None
-        (b1, m1), (b2, m2) = measured[-2:]
-        b = int((b2 + (hbm - m2) / max((m2 - m1) / (b2 - b1), 1.0)) * (1 - 0.5 / resolution))
+        slopes = [(m2 - m1) / (b2 - b1) for (b1, m1), (b2, m2) in zip(measured, measured[1:], strict=False)]
+        # Near HBM the compiler rematerialises and memory flattens (bert-large on v5e: 14.33 GiB at 72 a device,
+        # 14.34 at 81): a flat last slope would aim far past the limit, so it is held to an eighth of the steepest
+        # (memory that merely grows sublinearly, as for MiniLM, stays above that).
+        slope = max(slopes[-1], max(slopes) / 8, 1.0)
+        b2, m2 = measured[-1]
+        b = int((b2 + (hbm - m2) / slope) * (1 - 0.5 / resolution))
         return max(b, lo + max(1, lo // resolution))  # within the resolution of lo: probe just above it
 
-    if not tried:
-        check(start)
+    check(start)
     lo, hi = bounds()
     bisect = False
     while not done(lo, hi) and lo < limit:
@@ -276,7 +311,7 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
         lo, hi = bounds()
     hi = limit + 1 if hi is None else hi
     return {"what": what, "max_per_device_batch": lo, "first_failing": hi, "resolution": f"1/{resolution}",
-            "compiles": len(tried), "compiled_now": compiled,
+            "compiles": len(tried),
             "tried": {str(k): ok for k, (ok, _) in sorted(tried.items())},
             "bytes": {str(k): m for k, (ok, m) in sorted(tried.items()) if ok}}
 
