@@ -164,17 +164,21 @@ def test_the_compile_log_answers_a_program_compiled_before(tiny_config, tmp_path
     first = pod.fits(cfg, v5e, 4, compile_log=pod.CompileLog(path))
     assert first[0] is True and first[1] > 0
     compiled = []
-    real = pod._compile
-    monkeypatch.setattr(pod, "_compile", lambda lowered: compiled.append(1) or real(lowered))
+
+    def refuse(lowered):  # what is compiled from here on is only counted
+        compiled.append(lowered)
+        raise pod.DoesNotFit("Used 99G of 16G hbm")
+
+    monkeypatch.setattr(pod, "_compile", refuse)
     with open(path, "a") as f:
         f.write('{"key": "torn')  # a kill while writing
     again = pod.CompileLog(path)  # a new process reads the file
     assert pod.fits(cfg, v5e, 4, compile_log=again) == first and compiled == []
-    # Another program (batch, layout, target) is compiled, and its answer kept.
-    pod.fits(cfg, v5e, 5, compile_log=again)
-    pod.fits(cfg.replace(**{"mesh.fsdp": True}), v5e, 4, compile_log=again)
-    pod.fits(cfg, v4, 4, compile_log=again)
-    assert len(compiled) == 3 and len(pod.CompileLog(path).answers) == 4
+    # Another program (another batch; the same step and batch on another target of 4 devices) is compiled, and
+    # its answer kept.
+    assert pod.fits(cfg, v5e, 5, compile_log=again) == (False, None)
+    assert pod.fits(cfg, v4, 4, compile_log=again) == (False, None)
+    assert len(compiled) == 2 and list(pod.CompileLog(path).answers.values()) == [first] + [(False, None)] * 2
 
 
 @pytest.mark.slow
