@@ -74,6 +74,8 @@ def table(folder: Path) -> str:
                 f = folder / f"{model}_{topology}_max_{layout}.json"
                 mb = json.loads(f.read_text()).get("max_batch", {}).get("step", {}) if f.exists() else {}
                 found[layout] = mb.get("max_per_device_batch", "-")
+                for b in mb.get("process_killed_while_compiling", ()):  # counted as not fitting; say so
+                    found[layout] = f"{found[layout]} ({b}: compile ran out of host memory)"
             if not rep.get("memory"):
                 lines.append(f"| {model} | {topology} | does not fit: {rep.get('compiler', '')} |")
                 continue

@@ -70,12 +70,28 @@ def per_device_batch(cfg: Config, devices: int, given: int | None) -> int:
 
 
 def search(cfg: Config, target: topologies.Target, slices: int, whats: str) -> dict[str, dict]:
-    """The --max-batch searches ('step' or 'all'); a program compiled before (the search log) is not compiled again."""
+    """The --max-batch searches ('step' or 'all'), going on from the search log's answers for these very programs
+    (each logged batch is lowered again and its key checked; nothing is compiled for that)."""
     devices = topologies.topology_devices(target, slices)
     path = _SEARCH_LOG.value or (f"{_OUT.value}.compiles.jsonl" if _OUT.value else None)
-    fits = functools.partial(pod.fits, compile_log=pod.CompileLog(path)) if path else pod.fits
-    return {what: pod.max_batch(cfg, devices, what, resolution=_RESOLUTION.value, fits_fn=fits)
-            for what in (("step", "encoder") if whats == "all" else ("step",))}
+    compile_log = pod.CompileLog(path) if path else None
+    found = {}
+    for what in ("step", "encoder") if whats == "all" else ("step",):
+        known = {}
+        for b in sorted(compile_log.batches.get(what, ())) if compile_log else ():
+            answer = pod.fits(cfg, devices, b, what, compile_log, compile=False)
+            if answer is not None:
+                known[b] = answer
+        if known:
+            log.info("%s: going on from %d answers in %s (%s)", what, len(known), path,
+                     ", ".join(f"{b}: {'fits' if ok else 'no'}" for b, (ok, _) in sorted(known.items())))
+        fits = functools.partial(pod.fits, compile_log=compile_log) if compile_log else pod.fits
+        found[what] = pod.max_batch(cfg, devices, what, resolution=_RESOLUTION.value, fits_fn=fits, known=known)
+        died = sorted(b for b, w in compile_log.died.values()
+                      if w == what and str(b) in found[what]["tried"]) if compile_log else []
+        if died:
+            found[what]["process_killed_while_compiling"] = died
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(pod.format_report(report))
     for what, found in report.get("max_batch", {}).items():
         print(f"largest per-device batch for the {what}: {found['max_per_device_batch']} "
-              f"({found['first_failing']} does not fit; {found['compiles']} compiles)")
+              f"({found['first_failing']} does not fit; {found['compiles']} compiles)" +
+              "".join(f"; the compile at {b} killed its process (out of host memory?) and counts as not fitting"
+                      for b in found.get("process_killed_while_compiling", ())))
     if _OUT.value:
         write_json(report, _OUT.value)
     return cli.OK

@@ -200,19 +200,29 @@ class CompileLog:
     """What earlier compiles answered (fits, bytes per device), as JSON lines keyed by the program itself: a hash
     of the lowered module's text, the target's devices and the jax / jaxlib / libtpu versions. A max-batch
     search killed after hours resumes with what it had compiled, and a changed step, config, target or compiler
-    is compiled again. A line torn by a kill is skipped."""
+    is compiled again. Each compile is logged as started first: one that never answered killed its process
+    (the host ran out of memory: bert-large near its HBM limit takes over 21 GB to compile) and is not tried
+    again. A line torn by a kill is skipped."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = path
         self.answers: dict[str, tuple[bool, float | None]] = {}
+        self.batches: dict[str, set[int]] = {}  # what -> the batches logged, to seed a resumed search
+        started: dict[str, tuple[int, str]] = {}
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     try:
                         row = json.loads(line)
-                        self.answers[row["key"]] = (bool(row["fits"]), row["bytes"])
+                        key, batch, what = str(row["key"]), int(row["batch"]), str(row.get("what", "step"))
+                        self.batches.setdefault(what, set()).add(batch)
+                        if row.get("started"):
+                            started[key] = batch, what
+                        else:
+                            self.answers[key] = (bool(row["fits"]), row["bytes"])
                     except (ValueError, KeyError, TypeError):
                         continue
+        self.died = {k: v for k, v in started.items() if k not in self.answers}  # key -> (batch, what)
 
     @staticmethod
     def key(lowered: Any, devices: list[Any]) -> str:
@@ -221,12 +231,19 @@ class CompileLog:
         text = lowered.as_text() + json.dumps([target, versions()], default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def add(self, key: str, batch: int, ok: bool, mem: float | None) -> None:
-        """Appends one answer (flushed to disk before the search goes on)."""
+    def start(self, key: str, batch: int, what: str) -> None:
+        """Logs a compile as started (a process killed while compiling leaves this line alone)."""
+        self._append({"key": key, "batch": batch, "what": what, "started": True})
+
+    def add(self, key: str, batch: int, what: str, ok: bool, mem: float | None) -> None:
+        """Logs one answer (flushed to disk before the search goes on)."""
         self.answers[key] = (ok, mem)
+        self._append({"key": key, "batch": batch, "what": what, "fits": ok, "bytes": mem})
+
+    def _append(self, row: dict[str, Any]) -> None:
         torn = os.path.exists(self.path) and os.path.getsize(self.path) > 0 and _last_byte(self.path) != b"\n"
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(("\n" if torn else "") + json.dumps({"key": key, "batch": batch, "fits": ok, "bytes": mem}) + "\n")
+            f.write(("\n" if torn else "") + json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -238,34 +255,43 @@ def _last_byte(path: str | os.PathLike) -> bytes:
 
 
 def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step",
-         compile_log: CompileLog | None = None) -> tuple[bool, float | None]:
-    """(whether it compiles within HBM, total bytes per device when it does); the same program found in
-    `compile_log` is not compiled again."""
+         compile_log: CompileLog | None = None, compile: bool = True) -> tuple[bool, float | None] | None:
+    """(whether it compiles within HBM, total bytes per device when it does). A program found in `compile_log`
+    is not compiled again (one whose compile killed its process counts as not fitting); with compile=False an
+    unknown program answers None."""
     if what == "step":
         lowered, _ = lower_step(program(cfg, devices, per_device_batch))
     else:
         lowered = lower_encoder(cfg, guide_architecture(cfg.model), devices[0], per_device_batch)
     key = CompileLog.key(lowered, devices) if compile_log is not None else ""
     if compile_log is not None and key in compile_log.answers:
-        log.info("%s at per-device batch %d: compiled before (%s)", what, per_device_batch, compile_log.path)
         return compile_log.answers[key]
+    if compile_log is not None and key in compile_log.died:
+        log.warning("%s at per-device batch %d: its compile killed the process before (out of host memory?); "
+                    "counted as not fitting", what, per_device_batch)
+        return False, None
+    if not compile:
+        return None
+    if compile_log is not None:
+        compile_log.start(key, per_device_batch, what)
     try:
         answer = True, float(memory(_compile(lowered), chip_of(devices[0]))["total_bytes"])
     except DoesNotFit:
         answer = False, None
     if compile_log is not None:
-        compile_log.add(key, per_device_batch, *answer)
+        compile_log.add(key, per_device_batch, what, *answer)
     return answer
 
 
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
-              resolution: int = 32, fits_fn: Any = fits) -> dict:
+              resolution: int = 32, fits_fn: Any = fits,
+              known: dict[int, tuple[bool, float | None]] | None = None) -> dict:
     """The largest per-device batch that compiles within HBM, to 1/resolution of the answer. Each next compile
     is the batch where a line through the two largest fitting compiles' memory meets HBM (aimed 1/(2 x
     resolution) below it, so the compile just above usually ends the search), then bisection once bracketed:
-    4-6 compiles when memory grows linearly. The search is deterministic: given `fits_fn` answers from a
-    CompileLog, a killed search replays to where it stopped without compiling."""
-    tried: dict[int, tuple[bool, float | None]] = {}
+    4-6 compiles when memory grows linearly. `known` (batch -> answer, e.g. from a CompileLog) is where a
+    killed search stopped: the search goes on from there."""
+    tried: dict[int, tuple[bool, float | None]] = dict(known or {})
     hbm = chip_of(devices[0]).hbm_gib * GiB
 
     def check(b: int) -> bool:
@@ -297,7 +323,8 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
         b = int((b2 + (hbm - m2) / slope) * (1 - 0.5 / resolution))
         return max(b, lo + max(1, lo // resolution))  # within the resolution of lo: probe just above it
 
-    check(start)
+    if not any(ok for ok, _ in tried.values()):
+        check(start)
     lo, hi = bounds()
     bisect = False
     while not done(lo, hi) and lo < limit:

@@ -146,6 +146,12 @@ def test_max_batch_search_finds_the_boundary():
             best, bad = found["max_per_device_batch"], found["first_failing"]
             assert best <= limit_batch < bad <= best + max(1, best // 32), (limit_batch, found)
             assert len(calls) == len(set(calls)) == found["compiles"] <= most, (power, limit_batch, found)
+            # Killed after its third compile: the search goes on from those answers and compiles none again.
+            known = {b: fake(None, None, b, "step") for b in calls[:3]}
+            calls.clear()
+            again = pod.max_batch(None, devices, "step", start=8, fits_fn=fake, known=known)
+            assert again["max_per_device_batch"] <= limit_batch < again["first_failing"], again
+            assert not set(calls) & set(known) and again["compiles"] <= most + 1, (known, calls, again)
 
     for limit_batch in (85, 100, 180):  # bert-large on v5e-8: the compiler rematerialises near the limit
         def flattening(cfg, devs, b, what, limit_batch=limit_batch):
@@ -179,6 +185,13 @@ def test_the_compile_log_answers_a_program_compiled_before(tiny_config, tmp_path
     assert pod.fits(cfg, v5e, 5, compile_log=again) == (False, None)
     assert pod.fits(cfg, v4, 4, compile_log=again) == (False, None)
     assert len(compiled) == 2 and list(pod.CompileLog(path).answers.values()) == [first] + [(False, None)] * 2
+    assert pod.fits(cfg, v5e, 6, compile_log=again, compile=False) is None and len(compiled) == 2
+    # A compile that killed its process (out of host memory) left only its "started" line: it is not tried again.
+    lowered, _ = pod.lower_step(pod.program(cfg, v5e, 6))
+    again.start(pod.CompileLog.key(lowered, v5e), 6, "step")
+    after_kill = pod.CompileLog(path)
+    assert list(after_kill.died.values()) == [(6, "step")] and after_kill.batches["step"] == {4, 5, 6}
+    assert pod.fits(cfg, v5e, 6, compile_log=after_kill) == (False, None) and len(compiled) == 2
 
 
 @pytest.mark.slow
