@@ -209,19 +209,22 @@ class CompileLog:
         self.answers: dict[str, tuple[bool, float | None]] = {}
         self.batches: dict[str, set[int]] = {}  # what -> the batches logged, to seed a resumed search
         started: dict[str, tuple[int, str]] = {}
+        text = ""
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                        key, batch, what = str(row["key"]), int(row["batch"]), str(row.get("what", "step"))
-                        self.batches.setdefault(what, set()).add(batch)
-                        if row.get("started"):
-                            started[key] = batch, what
-                        else:
-                            self.answers[key] = (bool(row["fits"]), row["bytes"])
-                    except (ValueError, KeyError, TypeError):
-                        continue
+                text = f.read()
+        self._torn = bool(text) and not text.endswith("\n")  # the next line must not be glued to a torn one
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+                key, batch, what = str(row["key"]), int(row["batch"]), str(row.get("what", "step"))
+                self.batches.setdefault(what, set()).add(batch)
+                if row.get("started"):
+                    started[key] = batch, what
+                else:
+                    self.answers[key] = (bool(row["fits"]), row["bytes"])
+            except (ValueError, KeyError, TypeError):
+                continue
         self.died = {k: v for k, v in started.items() if k not in self.answers}  # key -> (batch, what)
 
     @staticmethod
@@ -241,17 +244,11 @@ class CompileLog:
         self._append({"key": key, "batch": batch, "what": what, "fits": ok, "bytes": mem})
 
     def _append(self, row: dict[str, Any]) -> None:
-        torn = os.path.exists(self.path) and os.path.getsize(self.path) > 0 and _last_byte(self.path) != b"\n"
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(("\n" if torn else "") + json.dumps(row) + "\n")
+            f.write(("\n" if self._torn else "") + json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-
-def _last_byte(path: str | os.PathLike) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1)
+        self._torn = False
 
 
 def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step",
@@ -263,24 +260,28 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
         lowered, _ = lower_step(program(cfg, devices, per_device_batch))
     else:
         lowered = lower_encoder(cfg, guide_architecture(cfg.model), devices[0], per_device_batch)
-    key = CompileLog.key(lowered, devices) if compile_log is not None else ""
-    if compile_log is not None and key in compile_log.answers:
+    if compile_log is None:
+        return _fits_hbm(lowered, devices) if compile else None
+    key = CompileLog.key(lowered, devices)
+    if key in compile_log.answers:
         return compile_log.answers[key]
-    if compile_log is not None and key in compile_log.died:
+    if key in compile_log.died:
         log.warning("%s at per-device batch %d: its compile killed the process before (out of host memory?); "
                     "counted as not fitting", what, per_device_batch)
         return False, None
     if not compile:
         return None
-    if compile_log is not None:
-        compile_log.start(key, per_device_batch, what)
-    try:
-        answer = True, float(memory(_compile(lowered), chip_of(devices[0]))["total_bytes"])
-    except DoesNotFit:
-        answer = False, None
-    if compile_log is not None:
-        compile_log.add(key, per_device_batch, what, *answer)
+    compile_log.start(key, per_device_batch, what)
+    answer = _fits_hbm(lowered, devices)
+    compile_log.add(key, per_device_batch, what, *answer)
     return answer
+
+
+def _fits_hbm(lowered: Any, devices: list[Any]) -> tuple[bool, float | None]:
+    try:
+        return True, float(memory(_compile(lowered), chip_of(devices[0]))["total_bytes"])
+    except DoesNotFit:
+        return False, None
 
 
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
