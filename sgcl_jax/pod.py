@@ -200,15 +200,16 @@ class CompileLog:
     """What earlier compiles answered (fits, bytes per device), as JSON lines keyed by the program itself: a hash
     of the lowered module's text, the target's devices and the jax / jaxlib / libtpu versions. A max-batch
     search killed after hours resumes with what it had compiled, and a changed step, config, target or compiler
-    is compiled again. Each compile is logged as started first: one that never answered killed its process
-    (the host ran out of memory: bert-large near its HBM limit takes over 21 GB to compile) and is not tried
-    again. A line torn by a kill is skipped."""
+    is compiled again. Each compile is logged as started first: one that never answered was killed, either
+    with its search (a session's end) or by its own size (the host ran out of memory: bert-large near its HBM
+    limit takes over 21 GB to compile). The two look alike, so a compile is tried once more after one death
+    and counted as not fitting after two. A line torn by a kill is skipped."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = path
         self.answers: dict[str, tuple[bool, float | None]] = {}
         self.batches: dict[str, set[int]] = {}  # what -> the batches logged, to seed a resumed search
-        started: dict[str, tuple[int, str]] = {}
+        started: dict[str, tuple[int, str, int]] = {}  # key -> (batch, what, times its compile was started)
         text = ""
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
@@ -220,12 +221,17 @@ class CompileLog:
                 key, batch, what = str(row["key"]), int(row["batch"]), str(row.get("what", "step"))
                 self.batches.setdefault(what, set()).add(batch)
                 if row.get("started"):
-                    started[key] = batch, what
+                    started[key] = batch, what, started.get(key, (0, "", 0))[2] + 1
                 else:
                     self.answers[key] = (bool(row["fits"]), row["bytes"])
             except (ValueError, KeyError, TypeError):
                 continue
-        self.died = {k: v for k, v in started.items() if k not in self.answers}  # key -> (batch, what)
+        # key -> (batch, what, deaths): compiles started that never answered
+        self.died = {k: v for k, v in started.items() if k not in self.answers}
+
+    def killed(self, key: str) -> bool:
+        """Whether this program's compile died twice: counted as not fitting, and not tried again."""
+        return self.died.get(key, (0, "", 0))[2] >= 2
 
     @staticmethod
     def key(lowered: Any, devices: list[Any]) -> str:
@@ -265,8 +271,8 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
     key = CompileLog.key(lowered, devices)
     if key in compile_log.answers:
         return compile_log.answers[key]
-    if key in compile_log.died:
-        log.warning("%s at per-device batch %d: its compile killed the process before (out of host memory?); "
+    if compile_log.killed(key):
+        log.warning("%s at per-device batch %d: its compile was killed twice before (out of host memory?); "
                     "counted as not fitting", what, per_device_batch)
         return False, None
     if not compile:
@@ -286,12 +292,15 @@ def _fits_hbm(lowered: Any, devices: list[Any]) -> tuple[bool, float | None]:
 
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
               resolution: int = 32, fits_fn: Any = fits,
-              known: dict[int, tuple[bool, float | None]] | None = None) -> dict:
+              known: dict[int, tuple[bool, float | None]] | None = None,
+              prior: dict[int, float] | None = None) -> dict:
     """The largest per-device batch that compiles within HBM, to 1/resolution of the answer. Each next compile
     is the batch where a line through the two largest fitting compiles' memory meets HBM (aimed 1/(2 x
     resolution) below it, so the compile just above usually ends the search), then bisection once bracketed:
     4-6 compiles when memory grows linearly. `known` (batch -> answer, e.g. from a CompileLog) is where a
-    killed search stopped: the search goes on from there."""
+    killed search stopped: the search goes on from there. `prior` (batch -> bytes per device of another target's
+    fitting compiles, e.g. the same step on v5e-8 for v5e-256) only aims the first compiles, until this target
+    has two of its own: a search that starts near its answer takes 2-4 compiles instead of 6-8."""
     tried: dict[int, tuple[bool, float | None]] = dict(known or {})
     hbm = chip_of(devices[0]).hbm_gib * GiB
 
@@ -311,21 +320,25 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
         return hi is not None and hi - lo <= max(1, lo // resolution)
 
     def aim(lo: int) -> int | None:
-        """Where the line through the two largest fitting compiles meets HBM, a little below."""
+        """Where the line through the two largest fitting compiles meets HBM, a little below (the prior's line,
+        through this target's one compile if it has one, while it has fewer than two)."""
         measured = sorted((b, m) for b, (ok, m) in tried.items() if ok and m is not None)
-        if len(measured) < 2:
+        line = measured if len(measured) >= 2 else sorted((prior or {}).items())
+        if len(line) < 2:
             return None
-        slopes = [(m2 - m1) / (b2 - b1) for (b1, m1), (b2, m2) in zip(measured, measured[1:], strict=False)]
+        slopes = [(m2 - m1) / (b2 - b1) for (b1, m1), (b2, m2) in zip(line, line[1:], strict=False)]
         # Near HBM the compiler rematerialises and memory flattens (bert-large on v5e: 14.33 GiB at 72 a device,
         # 14.34 at 81): a flat last slope would aim far past the limit, so it is held to an eighth of the steepest
         # (memory that merely grows sublinearly, as for MiniLM, stays above that).
         slope = max(slopes[-1], max(slopes) / 8, 1.0)
-        b2, m2 = measured[-1]
-        b = int((b2 + (hbm - m2) / slope) * (1 - 0.5 / resolution))
+        b2, m2 = (measured or line)[-1]
+        # The first compile aimed by another target's memory alone stays an eighth below (a step compiled for more
+        # chips, or for another chip, needs a little more or less): it fits, and the next aims from it.
+        b = int((b2 + (hbm - m2) / slope) * (1 - (0.5 / resolution if measured else 1 / 8)))
         return max(b, lo + max(1, lo // resolution))  # within the resolution of lo: probe just above it
 
     if not any(ok for ok, _ in tried.values()):
-        check(start)
+        check(min(limit, aim(0) or start) if not tried else start)
     lo, hi = bounds()
     bisect = False
     while not done(lo, hi) and lo < limit:

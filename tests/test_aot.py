@@ -4,6 +4,7 @@ compiler's memory and cost analyses and its HLO, and the sizes the design implie
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -153,6 +154,24 @@ def test_max_batch_search_finds_the_boundary():
             assert again["max_per_device_batch"] <= limit_batch < again["first_failing"], again
             assert not set(calls) & set(known) and again["compiles"] <= most + 1, (known, calls, again)
 
+    # Another target's search (the same step on a smaller pod of the same chip, or on a chip with twice the HBM)
+    # aims the first compiles: the answer is the same and comes in a few compiles.
+    v4 = topologies.topology_devices(topologies.resolve_topology("v4-8"))
+    for limit_batch in (700, 1234, 50_000):
+        def linear(cfg, devs, b, what, limit_batch=limit_batch, extra=1.0):
+            mem = 2**30 + (hbm - 2**30) * b / limit_batch * extra
+            return mem <= pod.chip_of(devs[0]).hbm_gib * 2**30, mem
+        seen = pod.max_batch(None, devices, "step", start=8, fits_fn=linear)
+        for devs, extra in ((devices, 1.03), (v4, 0.97)):
+            fake = functools.partial(linear, extra=extra)
+            found = pod.max_batch(None, devs, "step", start=8, fits_fn=fake,
+                                  prior={int(b): m for b, m in seen["bytes"].items()})
+            alone = pod.max_batch(None, devs, "step", start=8, fits_fn=fake)
+            best, bad = found["max_per_device_batch"], found["first_failing"]
+            assert fake(None, devs, best, "")[0] and not fake(None, devs, bad, "")[0], found
+            assert bad - best <= max(1, best // 32) and abs(best - alone["max_per_device_batch"]) <= best // 32
+            assert found["compiles"] <= min(4, alone["compiles"]), (limit_batch, extra, found, alone)
+
     for limit_batch in (85, 100, 180):  # bert-large on v5e-8: the compiler rematerialises near the limit
         def flattening(cfg, devs, b, what, limit_batch=limit_batch):
             mem = {8: 6.71, 16: 7.77, 72: 14.33, 81: 14.34}.get(b, 14.35) * 2**30
@@ -186,12 +205,17 @@ def test_the_compile_log_answers_a_program_compiled_before(tiny_config, tmp_path
     assert pod.fits(cfg, v4, 4, compile_log=again) == (False, None)
     assert len(compiled) == 2 and list(pod.CompileLog(path).answers.values()) == [first] + [(False, None)] * 2
     assert pod.fits(cfg, v5e, 6, compile_log=again, compile=False) is None and len(compiled) == 2
-    # A compile that killed its process (out of host memory) left only its "started" line: it is not tried again.
-    lowered, _ = pod.lower_step(pod.program(cfg, v5e, 6))
-    again.start(pod.CompileLog.key(lowered, v5e), 6, "step")
+    # A compile killed once (its search was stopped, or the host ran out of memory) left only its "started"
+    # line: it is tried once more. Killed twice, it counts as not fitting and is not tried again.
+    key = pod.CompileLog.key(pod.lower_step(pod.program(cfg, v5e, 6))[0], v5e)
+    again.start(key, 6, "step")
     after_kill = pod.CompileLog(path)
-    assert list(after_kill.died.values()) == [(6, "step")] and after_kill.batches["step"] == {4, 5, 6}
-    assert pod.fits(cfg, v5e, 6, compile_log=after_kill) == (False, None) and len(compiled) == 2
+    assert list(after_kill.died.values()) == [(6, "step", 1)] and after_kill.batches["step"] == {4, 5, 6}
+    assert not after_kill.killed(key) and pod.fits(cfg, v5e, 6, compile_log=after_kill, compile=False) is None
+    again.start(key, 6, "step")
+    after_two = pod.CompileLog(path)
+    assert after_two.killed(key) and pod.fits(cfg, v5e, 6, compile_log=after_two) == (False, None)
+    assert len(compiled) == 2
 
 
 @pytest.mark.slow
