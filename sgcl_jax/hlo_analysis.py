@@ -120,8 +120,12 @@ def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int,
     def rows(shape: tuple[int, ...]) -> int:
         return math.prod(shape[:-1]) if shape else 0
 
-    if length and any(dt[0] in "bf" and s[:2] == (global_batch, length) for dt, s in arrays):
-        return "activations: every token's hidden state of the global batch (moving sentences, not weights)"
+    def tokens(shape: tuple[int, ...]) -> bool:  # (global batch, length, ...); the batch may be (devices, per device)
+        k = next((k for k in range(1, len(shape)) if math.prod(shape[:k]) >= global_batch), 0)
+        return bool(k) and math.prod(shape[:k]) == global_batch and shape[k] == length
+
+    if length and any(dt[0] in "bfsu" and tokens(s) for dt, s in arrays):
+        return "activations: every token of the global batch, ids or hidden states (moving sentences, not weights)"
 
     if arrays and any(s in param_shapes for _, s in arrays):  # a weight's shape (the head's 4096 x 4096 too)
         return "parameters: gathering sharded weights (FSDP)" if op in ("all-gather", "collective-permute") \
