@@ -58,7 +58,9 @@ def run_missing(folder: Path, models: list[str], topologies: list[str], searches
             out = folder / f"{model}_{topology}_max_{layout}.json"
             # The same model and layout on v5e-8 aims the first compiles: 2-4 instead of 6-8, tens of minutes each.
             prior = folder / f"{model}_{TOPOLOGIES[0]}_max_{layout}.json"
-            _run(command(model, topology, out, layout, prior if prior.exists() and prior != out else None), out)
+            aims = prior != out and prior.exists() and "bytes" in json.loads(prior.read_text()).get(
+                "max_batch", {}).get("step", {})  # searches before 2026-12-04 kept no bytes
+            _run(command(model, topology, out, layout, prior if aims else None), out)
 
 
 def table(folder: Path) -> str:

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sgcl_jax.bert import Bert, BertConfig
+from sgcl_jax.bert import Bert, BertConfig, split_by_sentence
 from sgcl_jax.pooling import pool, pool_layers
 from sgcl_jax.pretrained import Pretrained, architecture, load_pretrained, random_pretrained
 
@@ -95,7 +95,9 @@ class ProjectionHead(nn.Module):
         for i in range(2):
             x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32,
                          kernel_init=nn.initializers.normal(self.initializer_range), name=f"dense_{i}")(x)
-            x = jax.nn.gelu(x, approximate=False)
+            # Split by sentence under FSDP, so the partitioner gathers the head's weights rather than every
+            # sentence's views (it otherwise splits the 4096 features and all-reduces B x (L+1) x 4096 logits).
+            x = split_by_sentence(jax.nn.gelu(x, approximate=False))
         return x
 
 
