@@ -114,15 +114,19 @@ def collectives(hlo: str, devices: list[Any], global_batch: int, feature: int,
 
 def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int, feature: int,
           param_shapes: frozenset[tuple[int, ...]] = frozenset(), length: int = 0) -> str:
-    """What a collective is for, from its shapes: the global batch's vectors, per-sentence loss statistics, the
-    hidden states of every token of the global batch (a layout fault), or (everything else) the parameters'
-    gradients or, under FSDP, the parameters themselves."""
+    """What a collective is for, from its shapes: the ids or hidden states of every token of the global batch (a
+    layout fault), the parameters' gradients or (FSDP) the parameters themselves, the global batch's vectors or
+    views, per-sentence loss statistics; anything else counts as weights."""
     def rows(shape: tuple[int, ...]) -> int:
         return math.prod(shape[:-1]) if shape else 0
 
+    def per_sentence(shape: tuple[int, ...]) -> bool:  # (global batch, ...), the batch maybe (devices, per device)
+        k = next((k for k in range(1, len(shape)) if math.prod(shape[:k]) >= global_batch), 0)
+        return bool(k) and math.prod(shape[:k]) == global_batch
+
     def tokens(shape: tuple[int, ...]) -> bool:  # (global batch, length, ...); the batch may be (devices, per device)
         k = next((k for k in range(1, len(shape)) if math.prod(shape[:k]) >= global_batch), 0)
-        return bool(k) and math.prod(shape[:k]) == global_batch and shape[k] == length
+        return per_sentence(shape) and shape[k] == length
 
     if length and any(dt[0] in "bfsu" and tokens(s) for dt, s in arrays):
         return "activations: every token of the global batch, ids or hidden states (moving sentences, not weights)"
@@ -134,6 +138,8 @@ def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int,
         return "negatives: the global batch's projected vectors (or their gradient)"
     if arrays and all(global_batch in s and math.prod(s) <= 64 * global_batch for _, s in arrays):
         return "loss: per-sentence statistics of the global batch (log-sum-exp across devices)"
+    if arrays and all(per_sentence(s) for _, s in arrays):  # e.g. the guide's B x (L+1) x d views before the head
+        return "negatives: the global batch's views or vectors (or their gradient)"
     if op in ("all-gather", "collective-permute"):
         return "parameters: gathering sharded weights (FSDP)"
     return "gradients: reduction over the data axis"
