@@ -120,13 +120,16 @@ def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int,
     def rows(shape: tuple[int, ...]) -> int:
         return math.prod(shape[:-1]) if shape else 0
 
-    def per_sentence(shape: tuple[int, ...]) -> bool:  # (global batch, ...), the batch maybe (devices, per device)
+    def after_batch(shape: tuple[int, ...]) -> int:
+        """The axis after a leading global batch (maybe split as devices x per device); 0 when there is none."""
         k = next((k for k in range(1, len(shape)) if math.prod(shape[:k]) >= global_batch), 0)
-        return bool(k) and math.prod(shape[:k]) == global_batch
+        return k if k and math.prod(shape[:k]) == global_batch else 0
 
-    def tokens(shape: tuple[int, ...]) -> bool:  # (global batch, length, ...); the batch may be (devices, per device)
-        k = next((k for k in range(1, len(shape)) if math.prod(shape[:k]) >= global_batch), 0)
-        return per_sentence(shape) and shape[k] == length
+    def per_sentence(shape: tuple[int, ...]) -> bool:
+        return after_batch(shape) > 0
+
+    def tokens(shape: tuple[int, ...]) -> bool:
+        return per_sentence(shape) and shape[after_batch(shape)] == length
 
     if length and any(dt[0] in "bfsu" and tokens(s) for dt, s in arrays):
         return "activations: every token of the global batch, ids or hidden states (moving sentences, not weights)"

@@ -96,7 +96,7 @@ class ProjectionHead(nn.Module):
             x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32,
                          kernel_init=nn.initializers.normal(self.initializer_range), name=f"dense_{i}")(x)
             # Split by sentence under FSDP, so the partitioner gathers the head's weights rather than every
-            # sentence's views (it otherwise splits the 4096 features and all-reduces B x (L+1) x 4096 logits).
+            # sentence's views (it otherwise splits the 4096 features and all-reduces the B x (L+1) x 4096 projections).
             x = split_by_sentence(jax.nn.gelu(x, approximate=False))
         return x
 
