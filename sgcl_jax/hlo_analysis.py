@@ -125,11 +125,9 @@ def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int,
         k = next((k for k in range(1, len(shape)) if math.prod(shape[:k]) >= global_batch), 0)
         return k if k and math.prod(shape[:k]) == global_batch else 0
 
-    def per_sentence(shape: tuple[int, ...]) -> bool:
-        return after_batch(shape) > 0
-
     def tokens(shape: tuple[int, ...]) -> bool:
-        return per_sentence(shape) and shape[after_batch(shape)] == length
+        k = after_batch(shape)
+        return k > 0 and shape[k] == length
 
     if length and any(dt[0] in "bfsu" and tokens(s) for dt, s in arrays):
         return "activations: every token of the global batch, ids or hidden states (moving sentences, not weights)"
@@ -141,7 +139,7 @@ def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int,
         return "negatives: the global batch's projected vectors (or their gradient)"
     if arrays and all(global_batch in s and math.prod(s) <= 64 * global_batch for _, s in arrays):
         return "loss: per-sentence statistics of the global batch (log-sum-exp across devices)"
-    if arrays and all(per_sentence(s) for _, s in arrays):  # e.g. the guide's B x (L+1) x d views before the head
+    if arrays and all(after_batch(s) for _, s in arrays):  # e.g. the guide's B x (L+1) x d views before the head
         return "negatives: the global batch's views or vectors (or their gradient)"
     if op in ("all-gather", "collective-permute"):
         return "parameters: gathering sharded weights (FSDP)"
