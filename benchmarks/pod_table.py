@@ -4,8 +4,8 @@ and FSDP) for the cells given to --max-batch. One JSON per command in --out; a J
 again, and a search killed midway resumes from its compiles (<cell>.json.compiles.jsonl); the table is printed
 from the JSONs present.
 
-    JAX_PLATFORMS=cpu python benchmarks/pod_table.py --out runs/pod_table --max-batch bert-base:v5e-256
-    python benchmarks/pod_table.py --out runs/pod_table --table-only
+    JAX_PLATFORMS=cpu python benchmarks/pod_table.py --out results/pod_table --max-batch bert-base:v5e-256
+    python benchmarks/pod_table.py --out results/pod_table --table-only
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def _run(cmd: list[str], out: Path) -> None:
     print(f"{time.time() - t0:7.0f} s  exit {r.returncode}  {' '.join(cmd[1:])}", flush=True)
 
 
-def run_missing(folder: Path, models: list[str], topologies: list[str], searches: list[str]) -> None:
+def run_missing(folder: Path, models: list[str], topologies: list[str], searches: list[str],
+                layouts: tuple[str, ...] = ("replicated", "fsdp")) -> None:
     """Compiles every report whose JSON is missing, then the max-batch searches asked for (model:topology)."""
     folder.mkdir(parents=True, exist_ok=True)
     for model in models:
@@ -54,7 +55,7 @@ def run_missing(folder: Path, models: list[str], topologies: list[str], searches
             _run(command(model, topology, out), out)
     for cell in searches:
         model, topology = cell.split(":")
-        for layout in ("replicated", "fsdp"):
+        for layout in layouts:
             out = folder / f"{model}_{topology}_max_{layout}.json"
             # The same model and layout on v5e-8 aims the first compiles: 2-4 instead of 6-8, tens of minutes each.
             prior = folder / f"{model}_{TOPOLOGIES[0]}_max_{layout}.json"
@@ -99,16 +100,17 @@ def table(folder: Path) -> str:
 def main() -> int:
     """Compile what is missing (unless --table-only), then print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/pod_table", help="the folder of per-cell JSONs")
+    ap.add_argument("--out", default="results/pod_table", help="the folder of per-cell JSONs")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--topologies", default=",".join(TOPOLOGIES))
     ap.add_argument("--max-batch", default="", help="comma-separated model:topology cells to search")
+    ap.add_argument("--layouts", default="replicated,fsdp", help="which max-batch searches: replicated, fsdp or both")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     folder = Path(args.out)
     if not args.table_only:
         run_missing(folder, args.models.split(","), args.topologies.split(","),
-                    [c for c in args.max_batch.split(",") if c])
+                    [c for c in args.max_batch.split(",") if c], tuple(args.layouts.split(",")))
     print(table(folder))
     return 0
 

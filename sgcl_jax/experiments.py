@@ -1,8 +1,8 @@
 """Runs one of the paper's experiments (or the recipe study) over seeds and prints its table with the paper's numbers.
 
-    python -m sgcl_jax.experiments ablation --config default --workdir runs/study --seeds 1,2,3
-    python -m sgcl_jax.experiments domain   --config default --workdir runs/study --seeds 1,2,3
-    python -m sgcl_jax.experiments recipe   --config default --workdir runs/study --seeds 1,2,3
+    python -m sgcl_jax.experiments ablation --config default --workdir results/study --seeds 1,2,3
+    python -m sgcl_jax.experiments domain   --config default --workdir results/study --seeds 1,2,3
+    python -m sgcl_jax.experiments recipe   --config default --workdir results/study --seeds 1,2,3
     python -m sgcl_jax.experiments transfer --config default --workdir runs/transfer --seeds 1,2,3
     python -m sgcl_jax.experiments ablation ... --only SG-OPT,no-head --variant "tau-0.05:objective.tau=0.05"
 
