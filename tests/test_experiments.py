@@ -5,6 +5,8 @@ missing, the paper's numbers come from its file, and an unknown override is refu
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -52,6 +54,30 @@ def test_two_variants_build_the_table_and_a_rerun_skips_them(tmp_path, tiny_conf
     assert [r["seeds"] for r in report["rows"]] == [[1]] * 3 and not (tmp_path / "ref" / "seed_2").exists()
     assert [r["best"] for r in report["rows"]] == [r["best"] for r in table["rows"]]
     assert "| ref | 1 |" in (tmp_path / "ablation.md").read_text()
+
+
+def test_what_git_keeps_of_a_study_rebuilds_its_table(tmp_path, repo_root, tiny_config):
+    # results/ is tracked without the weights (.gitignore): what a new checkout gets must report the same table
+    # and count as finished (nothing trained again).
+    base = tiny_config(**{"train.num_steps": 2, "train.eval_every": 2})
+    variants = [Variant("ref", {}), Variant("tau-0.1", {"objective.tau": 0.1})]
+    trained = tmp_path / "trained"
+    table = run_experiment("ablation", base, variants, trained, seeds=[1])
+    files = [p.relative_to(trained) for p in trained.rglob("*") if p.is_file()]
+    asked = "\n".join(f"results/study/{p.as_posix()}" for p in files)
+    ignored = subprocess.run(["git", "-C", str(repo_root), "check-ignore", "--no-index", "--stdin"], input=asked,
+                             capture_output=True, text=True).stdout.split()
+    assert any("/checkpoints/" in p for p in ignored) and any("/best/" in p for p in ignored)
+    kept = tmp_path / "checkout"
+    for rel in files:
+        if f"results/study/{rel.as_posix()}" not in ignored:
+            (kept / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(trained / rel, kept / rel)
+    assert not list(kept.rglob("checkpoints")) and (kept / "ref" / "seed_1" / "results.json").is_file()
+    for train in (False, True):
+        again = run_experiment("ablation", base, variants, kept, seeds=[1], train=train)
+        assert [r["best"] for r in again["rows"]] == [r["best"] for r in table["rows"]]
+    assert not list(kept.rglob("checkpoints"))
 
 
 def test_unknown_or_invalid_overrides_are_refused_before_anything_runs(tmp_path, repo_root, tiny_config, capsys):
