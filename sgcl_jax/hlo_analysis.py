@@ -132,16 +132,23 @@ def _role(op: str, arrays: list[tuple[str, tuple[int, ...]]], global_batch: int,
     if length and any(dt[0] in "bfsu" and tokens(s) for dt, s in arrays):
         return "activations: every token of the global batch, ids or hidden states (moving sentences, not weights)"
 
+    def projected(shape: tuple[int, ...]) -> bool:
+        return shape[-1:] == (feature,) and rows(shape) > 0 and rows(shape) % global_batch == 0
+
+    gathers = op in ("all-gather", "collective-permute")
     if arrays and any(s in param_shapes for _, s in arrays):  # a weight's shape (the head's 4096 x 4096 too)
-        return "parameters: gathering sharded weights (FSDP)" if op in ("all-gather", "collective-permute") \
-            else "gradients: reduction over the data axis"
-    if arrays and all(s[-1:] == (feature,) and rows(s) and rows(s) % global_batch == 0 for _, s in arrays):
+        if not gathers and all(s in param_shapes and after_batch(s) for _, s in arrays):
+            # e.g. 768 sentences of bert-base against the head's first kernel (768 x 4096): say so, do not guess
+            return ("gradients or negatives: a weight's shape that is also the global batch's (the HLO does not "
+                    "say which)")
+        return "parameters: gathering sharded weights (FSDP)" if gathers else "gradients: reduction over the data axis"
+    if arrays and all(projected(s) for _, s in arrays):
         return "negatives: the global batch's projected vectors (or their gradient)"
     if arrays and all(global_batch in s and math.prod(s) <= 64 * global_batch for _, s in arrays):
         return "loss: per-sentence statistics of the global batch (log-sum-exp across devices)"
     if arrays and all(after_batch(s) for _, s in arrays):  # e.g. the guide's B x (L+1) x d views before the head
         return "negatives: the global batch's views or vectors (or their gradient)"
-    if op in ("all-gather", "collective-permute"):
+    if gathers:
         return "parameters: gathering sharded weights (FSDP)"
     return "gradients: reduction over the data axis"
 

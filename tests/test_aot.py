@@ -269,3 +269,17 @@ def test_a_prior_is_read_from_a_search_report(tmp_path):
             aot._prior(str(path), "step")
     with pytest.raises(ValueError, match="'encoder'"):
         aot._prior(str(good), "encoder")
+
+
+def test_a_shape_both_a_weights_and_the_global_batchs_is_not_guessed():
+    from sgcl_jax.hlo_analysis import _role
+
+    head = frozenset({(768, 4096), (4096, 4096), (4096,)})
+    one = [("f32", (768, 4096))]
+    # bert-base's head kernel is 768 x 4096; so are 768 sentences' projections: the HLO cannot tell them apart
+    assert _role("all-reduce", one, 768, 4096, head).startswith("gradients or negatives")
+    assert _role("all-reduce", one, 16, 4096, head).startswith("gradients:")
+    assert _role("all-reduce", [("f32", (16, 4096))], 16, 4096, head).startswith("negatives")
+    # a fused gradient reduction holding the kernel and its bias is gradients; a gather is always the weights
+    assert _role("all-reduce", [*one, ("f32", (4096,))], 768, 4096, head).startswith("gradients:")
+    assert _role("all-gather", one, 768, 4096, head).startswith("parameters")
