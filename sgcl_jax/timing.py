@@ -5,6 +5,7 @@ input pipeline, evaluation encoding, the transfer classifiers against scikit-lea
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -17,6 +18,9 @@ from sgcl_jax.bert import BertConfig
 from sgcl_jax.model import ModelSpec, step_flops
 from sgcl_jax.pretrained import ARCHITECTURES
 from sgcl_jax.tokenization import bucket_length, buckets_for
+
+# Progress as it happens: on a leased accelerator a run cut off by its time limit still says where the time went.
+log = logging.getLogger(__name__)
 
 SHAPES = {
     "tiny": BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
@@ -93,8 +97,10 @@ def bench_jax(cfg: BertConfig, batches: list[dict[str, np.ndarray]], dtype: str,
         shape = b["input_ids"].shape
         if shape not in seen:
             seen.add(shape)
+            t1 = time.perf_counter()
             state, m = step(state, guide, b)
-    jax.block_until_ready(m)
+            jax.block_until_ready(m)
+            log.info("jax: step for batch shape %s compiled and run in %.1f s", shape, time.perf_counter() - t1)
     compile_s = time.perf_counter() - t0
     for b in batches[:warmup]:
         state, m = step(state, guide, b)
@@ -104,6 +110,7 @@ def bench_jax(cfg: BertConfig, batches: list[dict[str, np.ndarray]], dtype: str,
         state, m = step(state, guide, b)
     jax.block_until_ready((state, m))
     seconds = time.perf_counter() - t0
+    log.info("jax: %d timed steps in %.2f s", len(batches), seconds)
     return {"seconds": seconds, "compile_seconds": compile_s, "shapes": sorted(seen),
             "peak_memory_gib": _peak_memory(device), "loss": float(m["loss"])}
 
@@ -121,6 +128,7 @@ def bench_torch(cfg: BertConfig, batches: list[dict[str, np.ndarray]], dtype: st
     for b in on_device[: max(warmup, 1)]:
         ref.step(b)
     ref.synchronize()
+    log.info("torch: %d warm-up step(s) done; timing %d", max(warmup, 1), len(on_device))
     if ref.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -224,6 +232,7 @@ def bench_eval(model: str, dtype: str, data_dir: str | None, tokenizer: str = "m
     t0 = time.perf_counter()
     run_sorted(fn, params, tok, unique, batch_size)
     first = time.perf_counter() - t0
+    log.info("eval %s %s: first pass (compiling) over %d sentences in %.1f s", model, dtype, len(unique), first)
     t0 = time.perf_counter()
     run_sorted(fn, params, tok, unique, batch_size)
     return {"model": model, "dtype": dtype, "tasks": sorted(loaded), "missing": sorted(missing),
