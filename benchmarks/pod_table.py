@@ -20,14 +20,18 @@ from pathlib import Path
 MODELS = {"MiniLM": ["--config", "default"], "bert-base": ["--config", "bert_base"],
           "bert-large": ["--config", "bert_base", "--config.model.name=bert-large-uncased"]}
 TOPOLOGIES = ("v5e-8", "v5e-256", "v4-32", "v5p-128", "v6e-256")
+# The max-batch searches: FSDP keeps more activations per sentence than the replicated layout unless BERT_T's
+# layers are rematerialised (README), so FSDP is searched with and without model.remat.
+LAYOUTS = ("replicated", "fsdp", "fsdp_remat")
 COMMON = ["--config.model.max_length=128", "--config.data.batch_size=16",
           "--max-batch-resolution", "8"]
 
 
 def command(model: str, topology: str, out: Path, search: str | None = None, prior: Path | None = None) -> list[str]:
-    """The aot command line of one cell: the report, or (search='replicated'|'fsdp') its largest batch, aimed
+    """The aot command line of one cell: the report, or (search one of LAYOUTS) its largest batch, aimed
     by an earlier search's JSON (`prior`) when there is one."""
-    fsdp = ["--config.mesh.fsdp=True"] if search == "fsdp" else []
+    fsdp = {"fsdp": ["--config.mesh.fsdp=True"],
+            "fsdp_remat": ["--config.mesh.fsdp=True", "--config.model.remat=True"]}.get(search or "", [])
     aimed = ["--max-batch-prior", str(prior)] if prior else []
     extra = [] if search is None else ["--max-batch", "step", "--max-batch-only", *fsdp, *aimed]
     return [sys.executable, "-m", "sgcl_jax.aot", *MODELS[model], "--topology", topology, *COMMON, *extra,
@@ -46,7 +50,7 @@ def _run(cmd: list[str], out: Path) -> None:
 
 
 def run_missing(folder: Path, models: list[str], topologies: list[str], searches: list[str],
-                layouts: tuple[str, ...] = ("replicated", "fsdp")) -> None:
+                layouts: tuple[str, ...] = LAYOUTS) -> None:
     """Compiles every report whose JSON is missing, then the max-batch searches asked for (model:topology)."""
     folder.mkdir(parents=True, exist_ok=True)
     for model in models:
@@ -66,7 +70,8 @@ def run_missing(folder: Path, models: list[str], topologies: list[str], searches
 
 def table(folder: Path) -> str:
     """The Markdown table from the JSONs present."""
-    head = ("| model | topology | max batch / device (replicated) | max batch / device (FSDP) | memory / device at "
+    head = ("| model | topology | max batch / device (replicated) | max batch / device (FSDP) | max batch / device "
+            "(FSDP + remat) | memory / device at "
             "global batch 16 | step bound | limited by | sentences/s bound | MFU ceiling | collective bytes / step "
             "| compiler FLOPs / analytic |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
@@ -77,7 +82,7 @@ def table(folder: Path) -> str:
                 continue
             rep = json.loads(rep_file.read_text())
             found = {}
-            for layout in ("replicated", "fsdp"):
+            for layout in LAYOUTS:
                 f = folder / f"{model}_{topology}_max_{layout}.json"
                 mb = json.loads(f.read_text()).get("max_batch", {}).get("step", {}) if f.exists() else {}
                 found[layout] = mb.get("max_per_device_batch", "-")
@@ -90,7 +95,7 @@ def table(folder: Path) -> str:
             per = rep["mesh"]["per_device_batch"]
             coll = sum(s["bytes"] for s in rep["collectives"]["by_opcode"].values())
             lines.append(
-                f"| {model} | {topology} | {found['replicated']} | {found['fsdp']} | "
+                f"| {model} | {topology} | {found['replicated']} | {found['fsdp']} | {found['fsdp_remat']} | "
                 f"{mem['total_bytes'] / 2**30:.2f} of {mem['hbm_bytes'] / 2**30:.0f} GiB ({per}/device) | "
                 f"{roof['step_s'] * 1e3:.2f} ms | {roof['limited_by']} | {roof['sentences_per_s']:,.0f} | "
                 f"{100 * roof['mfu_ceiling']:.1f} % | {coll / 2**20:.0f} MiB | {rep['cost']['ratio']:.2f} |")
@@ -104,7 +109,7 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--topologies", default=",".join(TOPOLOGIES))
     ap.add_argument("--max-batch", default="", help="comma-separated model:topology cells to search")
-    ap.add_argument("--layouts", default="replicated,fsdp", help="which max-batch searches: replicated, fsdp or both")
+    ap.add_argument("--layouts", default=",".join(LAYOUTS), help=f"which max-batch searches, of {', '.join(LAYOUTS)}")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     folder = Path(args.out)
