@@ -167,6 +167,7 @@ def report(cfg: Any, target: Target, num_slices: int, per_device_batch: int, enc
         "target": describe_target(target, num_slices, devices),
         "mesh": {"axes": dict(p.mesh.shape), "fsdp": p.layout.fsdp, "per_device_batch": per_device_batch,
                  "global_batch": p.global_batch, "length": p.length, "dtype": cfg.model.dtype,
+                 "remat": cfg.model.remat,
                  "sharding": {"batch": str(p.layout.batch.spec),
                               "params, optimizer state, guide": "split over 'data' (FSDP, arrays >= "
                               f"{p.layout.min_size} elements)" if p.layout.fsdp else "replicated"}},
@@ -385,6 +386,9 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append("  the same step with replicated params: " + (
             f"{_gib(rep['total_bytes'])} ({'fits' if rep['fits'] else 'does not fit'})" if "total_bytes" in rep
             else f"does not fit ({rep['compiler']})"))
+        if rep.get("total_bytes", float("inf")) < mem["total_bytes"] and not r["mesh"].get("remat"):
+            lines.append("  FSDP needs more than the replicated layout here: without rematerialisation the compiler "
+                         "keeps more activations a sentence under FSDP; try --config.model.remat=True")
     if cst["flops"] is None:
         lines.append(f"per device: analytic {cst['analytic_flops'] / 1e12:.3f} TFLOP; {cst['flops_source']}")
     else:

@@ -117,6 +117,11 @@ def test_fsdp_shards_params_and_adds_their_gathers(tiny_config):
     assert {"parameters", "gradients", "negatives"} <= roles, roles
     assert "all-gather" in fsdp["collectives"]["by_opcode"]  # the weights, gathered where they are used
     assert "the same step with replicated params" in pod.format_report(fsdp)
+    assert "FSDP needs more" not in pod.format_report(fsdp)  # at 4 a device the sharded weights save more
+    # past a few tens of sentences a device the replicated layout needs less; the report then says what helps
+    worse = {**fsdp, "replicated_memory": {**rep, "total_bytes": fsdp["memory"]["total_bytes"] - 1}}
+    assert "try --config.model.remat=True" in pod.format_report(worse)
+    assert "FSDP needs more" not in pod.format_report({**worse, "mesh": {**worse["mesh"], "remat": True}})
     # ZeRO-3 moves weights, never the sentences: no token ids or hidden states (the embedding table, split by
     # feature since 30522 rows do not divide by 4, is gathered whole instead of looked up piecewise).
     moved = [op for op in fsdp["collectives"]["ops"] if op["role"].startswith("activations")]
