@@ -3,7 +3,7 @@
     python -m sgcl_jax.experiments ablation --config default --workdir results/study --seeds 1,2,3
     python -m sgcl_jax.experiments domain   --config default --workdir results/study --seeds 1,2,3
     python -m sgcl_jax.experiments recipe   --config default --workdir results/study --seeds 1,2,3
-    python -m sgcl_jax.experiments transfer --config default --workdir runs/transfer --seeds 1,2,3
+    python -m sgcl_jax.experiments transfer --config default --workdir results/study --seeds 1,2,3
     python -m sgcl_jax.experiments ablation ... --only SG-OPT,no-head --variant "tau-0.05:objective.tau=0.05"
 
 The base config takes the same overrides as training (--config.train.num_steps=200), applied to every variant.
