@@ -20,9 +20,10 @@ from pathlib import Path
 MODELS = {"MiniLM": ["--config", "default"], "bert-base": ["--config", "bert_base"],
           "bert-large": ["--config", "bert_base", "--config.model.name=bert-large-uncased"]}
 TOPOLOGIES = ("v5e-8", "v5e-256", "v4-32", "v5p-128", "v6e-256")
-# The max-batch searches: FSDP keeps more activations per sentence than the replicated layout unless BERT_T's
-# layers are rematerialised (README), so FSDP is searched with and without model.remat.
-LAYOUTS = ("replicated", "fsdp", "fsdp_remat")
+# The max-batch searches and their flags: FSDP keeps more activations per sentence than the replicated layout
+# unless BERT_T's layers are rematerialised (README), so FSDP is searched with and without model.remat.
+LAYOUTS = {"replicated": [], "fsdp": ["--config.mesh.fsdp=True"],
+           "fsdp_remat": ["--config.mesh.fsdp=True", "--config.model.remat=True"]}
 COMMON = ["--config.model.max_length=128", "--config.data.batch_size=16",
           "--max-batch-resolution", "8"]
 
@@ -30,10 +31,8 @@ COMMON = ["--config.model.max_length=128", "--config.data.batch_size=16",
 def command(model: str, topology: str, out: Path, search: str | None = None, prior: Path | None = None) -> list[str]:
     """The aot command line of one cell: the report, or (search one of LAYOUTS) its largest batch, aimed
     by an earlier search's JSON (`prior`) when there is one."""
-    fsdp = {"fsdp": ["--config.mesh.fsdp=True"],
-            "fsdp_remat": ["--config.mesh.fsdp=True", "--config.model.remat=True"]}.get(search or "", [])
     aimed = ["--max-batch-prior", str(prior)] if prior else []
-    extra = [] if search is None else ["--max-batch", "step", "--max-batch-only", *fsdp, *aimed]
+    extra = [] if search is None else ["--max-batch", "step", "--max-batch-only", *LAYOUTS[search], *aimed]
     return [sys.executable, "-m", "sgcl_jax.aot", *MODELS[model], "--topology", topology, *COMMON, *extra,
             "--out", str(out)]
 
@@ -50,7 +49,7 @@ def _run(cmd: list[str], out: Path) -> None:
 
 
 def run_missing(folder: Path, models: list[str], topologies: list[str], searches: list[str],
-                layouts: tuple[str, ...] = LAYOUTS) -> None:
+                layouts: tuple[str, ...] = tuple(LAYOUTS)) -> None:
     """Compiles every report whose JSON is missing, then the max-batch searches asked for (model:topology)."""
     folder.mkdir(parents=True, exist_ok=True)
     for model in models:
