@@ -245,10 +245,10 @@ class CompileLog:
         """Logs a compile as started (a process killed while compiling leaves this line alone)."""
         self._append({"key": key, "batch": batch, "what": what, "started": True})
 
-    def add(self, key: str, batch: int, what: str, ok: bool, mem: float | None) -> None:
-        """Logs one answer (flushed to disk before the search goes on)."""
+    def add(self, key: str, batch: int, what: str, ok: bool, mem: float | None, seconds: float | None = None) -> None:
+        """Logs one answer and how long its compile took (flushed to disk before the search goes on)."""
         self.answers[key] = (ok, mem)
-        self._append({"key": key, "batch": batch, "what": what, "fits": ok, "bytes": mem})
+        self._append({"key": key, "batch": batch, "what": what, "fits": ok, "bytes": mem, "seconds": seconds})
 
     def _append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -279,8 +279,10 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
     if not compile:
         return None
     compile_log.start(key, per_device_batch, what)
+    t0 = time.monotonic()
     answer = _fits_hbm(lowered, devices)
-    compile_log.add(key, per_device_batch, what, *answer)
+    # The seconds plan the next search: a compile near HBM takes tens of minutes on a 2-core host.
+    compile_log.add(key, per_device_batch, what, *answer, seconds=round(time.monotonic() - t0, 1))
     return answer
 
 

@@ -194,6 +194,7 @@ def test_the_compile_log_answers_a_program_compiled_before(tiny_config, tmp_path
     path = tmp_path / "search.compiles.jsonl"
     first = pod.fits(cfg, v5e, 4, compile_log=pod.CompileLog(path))
     assert first[0] is True and first[1] > 0
+    assert json.loads(path.read_text().splitlines()[-1])["seconds"] > 0  # how long it took, to plan a search
     compiled = []
 
     def refuse(lowered):  # what is compiled from here on is only counted
