@@ -245,10 +245,13 @@ class CompileLog:
         """Logs a compile as started (a process killed while compiling leaves this line alone)."""
         self._append({"key": key, "batch": batch, "what": what, "started": True})
 
-    def add(self, key: str, batch: int, what: str, ok: bool, mem: float | None, seconds: float | None = None) -> None:
-        """Logs one answer and how long its compile took (flushed to disk before the search goes on)."""
+    def add(self, key: str, batch: int, what: str, ok: bool, mem: float | None, seconds: float | None = None,
+            detail: dict[str, Any] | None = None) -> None:
+        """Logs one answer, how long its compile took and what the compiler said (memory_analysis()'s parts, or
+        its out-of-memory line), flushed to disk before the search goes on."""
         self.answers[key] = (ok, mem)
-        self._append({"key": key, "batch": batch, "what": what, "fits": ok, "bytes": mem, "seconds": seconds})
+        self._append({"key": key, "batch": batch, "what": what, "fits": ok, "bytes": mem, "seconds": seconds,
+                      **(detail or {})})
 
     def _append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -268,7 +271,7 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
     else:
         lowered = lower_encoder(cfg, guide_architecture(cfg.model), devices[0], per_device_batch)
     if compile_log is None:
-        return _fits_hbm(lowered, devices) if compile else None
+        return _fits_hbm(lowered, devices)[:2] if compile else None
     key = CompileLog.key(lowered, devices)
     if key in compile_log.answers:
         return compile_log.answers[key]
@@ -280,17 +283,19 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
         return None
     compile_log.start(key, per_device_batch, what)
     t0 = time.monotonic()
-    answer = _fits_hbm(lowered, devices)
+    ok, mem, detail = _fits_hbm(lowered, devices)
     # The seconds plan the next search: a compile near HBM takes tens of minutes on a 2-core host.
-    compile_log.add(key, per_device_batch, what, *answer, seconds=round(time.monotonic() - t0, 1))
-    return answer
+    compile_log.add(key, per_device_batch, what, ok, mem, round(time.monotonic() - t0, 1), detail)
+    return ok, mem
 
 
-def _fits_hbm(lowered: Any, devices: list[Any]) -> tuple[bool, float | None]:
+def _fits_hbm(lowered: Any, devices: list[Any]) -> tuple[bool, float | None, dict[str, Any]]:
+    """(compiled, total bytes per device, memory_analysis()'s parts or the compiler's out-of-memory line)."""
     try:
-        return True, float(memory(_compile(lowered), chip_of(devices[0]))["total_bytes"])
-    except DoesNotFit:
-        return False, None
+        mem = memory(_compile(lowered), chip_of(devices[0]))
+    except DoesNotFit as e:
+        return False, None, {"compiler": str(e)}
+    return True, float(mem["total_bytes"]), {"memory": {k: v for k, v in mem.items() if k.endswith("_bytes")}}
 
 
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,

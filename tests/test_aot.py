@@ -194,7 +194,8 @@ def test_the_compile_log_answers_a_program_compiled_before(tiny_config, tmp_path
     path = tmp_path / "search.compiles.jsonl"
     first = pod.fits(cfg, v5e, 4, compile_log=pod.CompileLog(path))
     assert first[0] is True and first[1] > 0
-    assert json.loads(path.read_text().splitlines()[-1])["seconds"] > 0  # how long it took, to plan a search
+    row = json.loads(path.read_text().splitlines()[-1])  # how long it took, to plan a search, and its memory
+    assert row["seconds"] > 0 and row["memory"]["total_bytes"] == first[1] > row["memory"]["temp_bytes"] > 0
     compiled = []
 
     def refuse(lowered):  # what is compiled from here on is only counted
@@ -211,6 +212,7 @@ def test_the_compile_log_answers_a_program_compiled_before(tiny_config, tmp_path
     assert pod.fits(cfg, v5e, 5, compile_log=again) == (False, None)
     assert pod.fits(cfg, v4, 4, compile_log=again) == (False, None)
     assert len(compiled) == 2 and list(pod.CompileLog(path).answers.values()) == [first] + [(False, None)] * 2
+    assert json.loads(path.read_text().splitlines()[-1])["compiler"] == "Used 99G of 16G hbm"
     assert pod.fits(cfg, v5e, 6, compile_log=again, compile=False) is None and len(compiled) == 2
     # A compile killed once (its search was stopped, or the host ran out of memory) left only its "started"
     # line: it is tried once more. Killed twice, it counts as not fitting and is not tried again.
