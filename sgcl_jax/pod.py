@@ -387,7 +387,9 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append("memory per device: " + ", ".join(f"{k} {_gib(mem[k + '_bytes'])}" for k in
                                                    ("argument", "output", "alias", "temp", "generated_code")))
     lines.append(f"  total {_gib(mem['total_bytes'])} of {_gib(mem['hbm_bytes'])} HBM "
-                 f"({100 * mem['headroom']:.1f} % headroom): {'fits' if mem['fits'] else 'does not fit'}")
+                 f"({100 * mem['headroom']:.1f} % headroom): {'fits' if mem['fits'] else 'does not fit'}" +
+                 (" (the TPU compiler, which refuses what it cannot place, admitted it: memory_analysis()'s sum "
+                  "over-counts here; treat it as at the limit)" if mem['fits'] and mem.get('sum_over_hbm') else ""))
     rep = r.get("replicated_memory")
     if rep:
         lines.append("  the same step with replicated params: " + (

@@ -291,3 +291,23 @@ def test_a_shape_both_a_weights_and_the_global_batchs_is_not_guessed():
     # a fused gradient reduction holding the kernel and its bias is gradients; a gather is always the weights
     assert _role("all-reduce", [*one, ("f32", (4096,))], 768, 4096, head).startswith("gradients:")
     assert _role("all-gather", one, 768, 4096, head).startswith("parameters")
+
+
+def test_a_tpu_program_the_compiler_admitted_fits_even_when_the_sum_exceeds_hbm():
+    from types import SimpleNamespace
+
+    from sgcl_jax.hlo_analysis import memory
+
+    gib = 2**30
+    # bert-base, FSDP + remat, 836 a device on v5e: compiled (the TPU compiler refuses what it cannot place), yet
+    # argument + output - alias + temp + code came to 16.30 GiB of 16.
+    stats = SimpleNamespace(argument_size_in_bytes=gib, output_size_in_bytes=gib, alias_size_in_bytes=gib,
+                            temp_size_in_bytes=15 * gib + gib // 4, generated_code_size_in_bytes=gib // 20)
+    compiled = SimpleNamespace(memory_analysis=lambda: stats)
+    v5e, h200 = (next(c for c in topologies.CHIPS if c.name == n) for n in ("TPU v5e", "H200"))
+    on_tpu, on_gpu = memory(compiled, v5e), memory(compiled, h200)
+    assert on_tpu["total_bytes"] == pytest.approx(16.3 * gib, abs=1) and on_tpu["sum_over_hbm"] and on_tpu["fits"]
+    assert on_tpu["headroom"] < 0
+    assert not on_gpu["sum_over_hbm"] and on_gpu["fits"]  # 141 GB
+    stats.temp_size_in_bytes = 200 * gib  # a GPU compiler does not refuse: the sum decides there
+    assert not memory(compiled, h200)["fits"] and memory(compiled, v5e)["fits"]
