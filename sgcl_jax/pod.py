@@ -125,7 +125,9 @@ def _compile(lowered: Any) -> Any:
 def hbm_line(message: str) -> str:
     """The compiler's own sentence out of its out-of-memory error ("... Used A of B hbm ..." or "Ran out of memory
     on HBM ... exceeds available HBM (B)")."""
-    for pattern in (r"[^\n]*Used [\d.]+[KMGTP]? of [\d.]+[KMGTP]? hbm[^\n]*", r"Ran out of memory[^\n]*"):
+    # The sentence ends at "(B)." : libtpu glues the next thing it prints (a traceback's first line) onto it.
+    for pattern in (r"[^\n]*Used [\d.]+[KMGTP]? of [\d.]+[KMGTP]? hbm[^\n]*",
+                    r"Ran out of memory[^\n]*?available HBM \([^)\n]*\)\.?", r"Ran out of memory[^\n]*"):
         m = re.search(pattern, message)
         if m:
             return m.group(0).strip()

@@ -311,3 +311,14 @@ def test_a_tpu_program_the_compiler_admitted_fits_even_when_the_sum_exceeds_hbm(
     assert not on_gpu["sum_over_hbm"] and on_gpu["fits"]  # 141 GB
     stats.temp_size_in_bytes = 200 * gib  # a GPU compiler does not refuse: the sum decides there
     assert not memory(compiled, h200)["fits"] and memory(compiled, v5e)["fits"]
+
+
+def test_the_compilers_out_of_memory_sentence_is_cut_where_it_ends():
+    # As libtpu printed it for MiniLM, FSDP + remat, 3,072 a device on v5e-8: the traceback's first line glued on.
+    glued = ("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory on "
+             "HBM, the total memory required for HLO temporaries (19.70G) exceeds available HBM (15.75G).Traceback "
+             "(most recent call last):\n  File \"x.py\", line 1")
+    assert pod.hbm_line(glued) == ("Ran out of memory on HBM, the total memory required for HLO temporaries "
+                                   "(19.70G) exceeds available HBM (15.75G).")
+    used = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 20.5G of 15.75G hbm. Exceeded hbm.\nx"
+    assert pod.hbm_line(used) == used.splitlines()[0]
