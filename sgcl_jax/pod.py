@@ -292,7 +292,7 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
 
 
 def _fits_hbm(lowered: Any, devices: list[Any]) -> tuple[bool, float | None, dict[str, Any]]:
-    """(compiled, total bytes per device, memory_analysis()'s parts or the compiler's out-of-memory line)."""
+    """(fits, total bytes per device, memory_analysis()'s parts or the compiler's out-of-memory line)."""
     try:
         mem = memory(_compile(lowered), chip_of(devices[0]))
     except DoesNotFit as e:
