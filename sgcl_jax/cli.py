@@ -10,7 +10,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,19 @@ def fail(error: BaseException, verbose: bool, code: int = ERROR) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def guarded(body: Callable[[], object], verbose: bool,
+            errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
+    """Runs a command's body -> its exit code: a stop prints where it stopped and how to resume, an error in
+    `errors` one line; anything else is a bug and keeps its traceback."""
+    try:
+        body()
+    except Stopped as e:  # SIGTERM (preemption) or Ctrl-C: a training run saved a checkpoint at a step boundary
+        return stopped(e)
+    except errors as e:
+        return fail(e, verbose)
+    return OK
 
 
 def command_line() -> str:

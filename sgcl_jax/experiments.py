@@ -23,7 +23,6 @@ from ml_collections import config_flags
 
 from sgcl_jax import cli, study
 from sgcl_jax.config import Config
-from sgcl_jax.interrupts import Stopped
 
 FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The base config: a shipped name (default, tiny, nli, "
@@ -52,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(rest) != 1 or rest[0] not in study.EXPERIMENTS:
         return cli.fail(ValueError(f"name one experiment: {', '.join(study.EXPERIMENTS)} (got {rest})"), False)
     cli.setup_logging(_VERBOSE.value)
-    try:
+
+    def body() -> None:
         base = Config.from_dict(_CONFIG.value)
         found = list(study.variants(rest[0], _NLI.value)) + [study.parse_variant(v) for v in _VARIANT.value]
         if _ONLY.value:
@@ -62,11 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError:
             raise ValueError(f"--seeds {','.join(_SEEDS.value)}: expected integers, e.g. 1,2,3") from None
         study.run_experiment(rest[0], base, found, _WORKDIR.value, seeds, train=not _REPORT.value)
-    except Stopped as e:
-        return cli.stopped(e)
-    except cli.USER_ERRORS as e:
-        return cli.fail(e, _VERBOSE.value)
-    return cli.OK
+
+    return cli.guarded(body, _VERBOSE.value)
 
 
 def run() -> None:

@@ -17,7 +17,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from sgcl_jax import cli, sharding
-from sgcl_jax.interrupts import Stopped
 from sgcl_jax.trainer import train_and_evaluate
 
 FLAGS = flags.FlagValues()  # this command's own flags (every command has its own: they share names)
@@ -38,14 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Flags (argv without the program; default sys.argv[1:]) -> train_and_evaluate -> the exit code."""
     cli.parse(FLAGS, __doc__, "sgcl_jax.train", argv)
     cli.setup_logging(_VERBOSE.value)
-    try:
+
+    def body() -> None:
         sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except Stopped as e:  # SIGTERM (preemption) or Ctrl-C: a checkpoint was saved at a step boundary
-        return cli.stopped(e)
-    except (ValueError, OSError, FloatingPointError, ImportError) as e:
-        return cli.fail(e, _VERBOSE.value)
-    return cli.OK
+
+    # Not RuntimeError: inside the trainer that is a failing step or collective, a bug to show with its traceback.
+    return cli.guarded(body, _VERBOSE.value, (ValueError, OSError, FloatingPointError, ImportError))
 
 
 def run() -> None:
