@@ -49,9 +49,17 @@ def opt2(c: jax.Array, h: jax.Array, tau: float) -> jax.Array:
 
 
 def sg_opt_logits(c: jax.Array, h_all: jax.Array, tau: float) -> jax.Array:
-    """g(c_i, h_{m,n}) / tau as (b, b, K) for c (b, d) and h_all (b, K, d)."""
+    """g(c_i, h_{m,n}) / tau as (b, b x K) for c (b, d) and h_all (b, K, d): column m x K + n is view n of m.
+
+    Kept 2-D: as (b, b, K) the K views would be the minor axis, which a TPU tiles to 128 lanes (7 views of
+    MiniLM: 18x the memory), and the global batch's logits are what grows fastest on a pod."""
     b, k, d = h_all.shape
-    return cosine_logits(c, h_all.reshape(b * k, d), tau).reshape(b, b, k)
+    return cosine_logits(c, h_all.reshape(b * k, d), tau)
+
+
+def own_views(b: int, k: int) -> jax.Array:
+    """(b, b x K) mask of sg_opt_logits' entries that are views of the row's own sentence."""
+    return jnp.arange(b)[:, None] == jnp.arange(b * k)[None, :] // k
 
 
 def sg_opt(c: jax.Array, h_all: jax.Array, tau: float) -> jax.Array:
@@ -59,11 +67,10 @@ def sg_opt(c: jax.Array, h_all: jax.Array, tau: float) -> jax.Array:
 
     Views of sentence i from other layers are in neither the numerator nor the denominator of term (i, k).
     """
+    b, k, _ = h_all.shape
     logits = sg_opt_logits(c, h_all, tau)
-    b = logits.shape[0]
-    own = jnp.eye(b, dtype=bool)[:, :, None]
-    pos = jnp.diagonal(logits, axis1=0, axis2=1).T  # (b, K): logits[i, i, k]
-    neg = jax.nn.logsumexp(jnp.where(own, -jnp.inf, logits), axis=(1, 2))  # (b,)
+    pos = jnp.take_along_axis(logits, jnp.arange(b)[:, None] * k + jnp.arange(k), axis=1)  # (b, K): g(c_i, h_ik)
+    neg = jax.nn.logsumexp(jnp.where(own_views(b, k), -jnp.inf, logits), axis=1)  # (b,)
     return jnp.mean(jnp.logaddexp(pos, neg[:, None]) - pos)
 
 

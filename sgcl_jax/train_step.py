@@ -82,8 +82,7 @@ def loss_fn(spec: ModelSpec, obj: ObjectiveConfig, trainable: Params, guide: Par
     objective = losses.sampled_view_loss(obj.name, fc, fh, obj.tau, k_view)
     reg = regulariser(trainable, guide)
     sims = losses.sg_opt_logits(fc, fh, 1.0)
-    own = jnp.eye(sims.shape[0], dtype=bool)[:, :, None]
-    own = jnp.broadcast_to(own, sims.shape)
+    own = losses.own_views(*fh.shape[:2])
     metrics = {
         "objective": objective,
         "regulariser": reg,
