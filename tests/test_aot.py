@@ -7,13 +7,16 @@ from __future__ import annotations
 import functools
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 pytest.importorskip("libtpu", reason="the [tpu] extra (libtpu) is not installed")
 
-from sgcl_jax import pod, topologies  # noqa: E402
-from sgcl_jax.sharding import Layout, make_mesh  # noqa: E402
+from sgcl_jax import losses, pod, topologies  # noqa: E402
+from sgcl_jax.sharding import DATA, Layout, make_mesh  # noqa: E402
 
 TOPOLOGIES = {  # user name -> (JAX name, wrap) as in MaxText's accelerator_to_spec_map.py
     "v5e-8": ("v5e:2x4", (False, False, False)), "v5e-128": ("v5e:8x16", (False, True, False)),
@@ -110,15 +113,8 @@ def test_the_global_logits_are_not_padded_by_the_tpu_tiling():
     sentences a device was the most v5e-256 could hold (312 asked for 24.85 GB of temporaries, for 0.70 GB of
     logits). Kept 2-D, the loss's gradient needs about one buffer of the per-device logits (the old layout 4.8
     here)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding
-
-    from sgcl_jax import losses
-
     devices = topologies.topology_devices(topologies.resolve_topology("v5e:2x2"))
-    rows = NamedSharding(Mesh(np.array(devices), ("data",)), P("data"))
+    rows = NamedSharding(make_mesh(devices=devices), P(DATA))  # the trainer's mesh, the batch split as it splits it
     b, k, d = 4096, 7, 128
     grad = jax.jit(jax.grad(lambda c, h: losses.sg_opt(c, h, 0.01), argnums=(0, 1)),
                    in_shardings=(rows, rows), out_shardings=(rows, rows))
