@@ -16,19 +16,20 @@ log = logging.getLogger(__name__)
 DATA, MODEL = "data", "model"
 
 
-def maybe_initialize_distributed(flag: bool | None = None) -> None:
+def maybe_initialize_distributed(flag: bool | None = None, heartbeat_timeout_s: int = 100) -> None:
     """Calls jax.distributed.initialize() for multi-process runs (flag, or JAX's coordinator env variables).
 
     On TPU pods and SLURM/Kubernetes GPU clusters initialize() finds its peers by itself; for local tests
-    set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. A process whose heartbeats stop for
+    heartbeat_timeout_s (JAX's default, 100) is declared dead and the run stops at its last checkpoint.
     """
     env = os.environ
     if flag is False:
         return
     if flag or "JAX_COORDINATOR_ADDRESS" in env:
-        kwargs = {}
+        kwargs: dict[str, Any] = {"heartbeat_timeout_seconds": heartbeat_timeout_s}
         if "JAX_COORDINATOR_ADDRESS" in env:
-            kwargs = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"],
+            kwargs |= {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"],
                       "num_processes": int(env["JAX_NUM_PROCESSES"]), "process_id": int(env["JAX_PROCESS_ID"])}
         jax.distributed.initialize(**kwargs)
         log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
