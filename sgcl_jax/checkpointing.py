@@ -104,6 +104,12 @@ def _no_space(e: BaseException) -> bool:
     return getattr(e, "errno", None) == 28 or "No space left" in text or "RESOURCE_EXHAUSTED" in text
 
 
+def _peer_lost(e: BaseException) -> bool:
+    # jax.distributed's barrier inside Orbax's save fails when another process died or stopped answering.
+    text = str(e)
+    return "heartbeat" in text or "Barrier" in text or "CoordinationService" in text
+
+
 class Checkpoints:
     """A run folder's two Orbax CheckpointManagers: periodic state (the newest `keep`) and best params (1)."""
 
@@ -128,12 +134,13 @@ class Checkpoints:
                     shutil.rmtree(tmp, ignore_errors=True)
             kept = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
             reason = "no space left on device" if _no_space(e) else _reason(e)
+            fix = ("Another process of the run stopped: start every process with the same command"
+                   if _peer_lost(e) and not _no_space(e) else "Free space (or fix the disk) and run the same command")
             raise SaveFailed(
                 f"{folder}: a checkpoint save failed ({reason}). Kept: "
                 + (f"checkpoints {kept}, the newest complete being {folder}/{kept[-1]}" if kept else
                    "no checkpoint yet")
-                + "; the run folder's other files are unchanged. Free space (or fix the disk) and run the same command "
-                "again to resume.") from None
+                + f"; the run folder's other files are unchanged. {fix} again to resume.") from None
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves the full train state and its metadata at `step` (asynchronously)."""
