@@ -112,16 +112,20 @@ def test_the_global_logits_are_not_padded_by_the_tpu_tiling():
     """SG-OPT's B x B x K logits with the K views minor made the TPU compiler tile K to 128 lanes: 234 MiniLM
     sentences a device was the most v5e-256 could hold (312 asked for 24.85 GB of temporaries, for 0.70 GB of
     logits). Kept 2-D, the loss's gradient needs about one buffer of the per-device logits (the old layout 4.8
-    here)."""
+    here) and reads about 9 (69 with the positives gathered from the logits by take_along_axis: a scatter in the
+    gradient, a quarter of the whole step's HBM traffic on v6e-256 at the paper's batch)."""
     devices = topologies.topology_devices(topologies.resolve_topology("v5e:2x2"))
     rows = NamedSharding(make_mesh(devices=devices), P(DATA))  # the trainer's mesh, the batch split as it splits it
     b, k, d = 4096, 7, 128
     grad = jax.jit(jax.grad(lambda c, h: losses.sg_opt(c, h, 0.01), argnums=(0, 1)),
                    in_shardings=(rows, rows), out_shardings=(rows, rows))
-    mem = grad.lower(jax.ShapeDtypeStruct((b, d), jnp.float32),
-                     jax.ShapeDtypeStruct((b, k, d), jnp.float32)).compile().memory_analysis()
+    compiled = grad.lower(jax.ShapeDtypeStruct((b, d), jnp.float32),
+                          jax.ShapeDtypeStruct((b, k, d), jnp.float32)).compile()
     logits_per_device = b // len(devices) * b * k * 4
-    assert mem.temp_size_in_bytes < 1.5 * logits_per_device
+    assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * logits_per_device
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    assert cost["bytes accessed"] < 20 * logits_per_device, cost["bytes accessed"] / logits_per_device
 
 
 @pytest.mark.slow
