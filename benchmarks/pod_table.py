@@ -48,9 +48,16 @@ def _run(cmd: list[str], out: Path) -> None:
     print(f"{time.time() - t0:7.0f} s  exit {r.returncode}  {' '.join(cmd[1:])}", flush=True)
 
 
+def _aims(prior: Path, out: Path) -> bool:
+    return prior != out and prior.exists() and "bytes" in json.loads(prior.read_text()).get(
+        "max_batch", {}).get("step", {})  # searches before 2026-12-04 kept no bytes
+
+
 def run_missing(folder: Path, models: list[str], topologies: list[str], searches: list[str],
-                layouts: tuple[str, ...] = tuple(LAYOUTS)) -> None:
-    """Compiles every report whose JSON is missing, then the max-batch searches asked for (model:topology)."""
+                layouts: tuple[str, ...] = tuple(LAYOUTS), prior_dir: Path | None = None) -> None:
+    """Compiles every report whose JSON is missing, then the max-batch searches asked for (model:topology), each
+    aimed by the same cell's search in prior_dir (an earlier program's table), else by the same model and
+    layout on v5e-8."""
     folder.mkdir(parents=True, exist_ok=True)
     for model in models:
         for topology in topologies:
@@ -60,11 +67,10 @@ def run_missing(folder: Path, models: list[str], topologies: list[str], searches
         model, topology = cell.split(":")
         for layout in layouts:
             out = folder / f"{model}_{topology}_max_{layout}.json"
-            # The same model and layout on v5e-8 aims the first compiles: 2-4 instead of 6-8, tens of minutes each.
-            prior = folder / f"{model}_{TOPOLOGIES[0]}_max_{layout}.json"
-            aims = prior != out and prior.exists() and "bytes" in json.loads(prior.read_text()).get(
-                "max_batch", {}).get("step", {})  # searches before 2026-12-04 kept no bytes
-            _run(command(model, topology, out, layout, prior if aims else None), out)
+            # An earlier search's memory aims the first compiles: 2-4 instead of 6-8, tens of minutes each.
+            priors = [prior_dir / out.name] if prior_dir else []
+            priors = [p for p in [*priors, folder / f"{model}_{TOPOLOGIES[0]}_max_{layout}.json"] if _aims(p, out)]
+            _run(command(model, topology, out, layout, priors[0] if priors else None), out)
 
 
 def table(folder: Path) -> str:
@@ -109,12 +115,14 @@ def main() -> int:
     ap.add_argument("--topologies", default=",".join(TOPOLOGIES))
     ap.add_argument("--max-batch", default="", help="comma-separated model:topology cells to search")
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help=f"which max-batch searches, of {', '.join(LAYOUTS)}")
+    ap.add_argument("--prior-dir", type=Path, help="an earlier program's table: its search of the same cell aims "
+                    "the first compiles")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     folder = Path(args.out)
     if not args.table_only:
         run_missing(folder, args.models.split(","), args.topologies.split(","),
-                    [c for c in args.max_batch.split(",") if c], tuple(args.layouts.split(",")))
+                    [c for c in args.max_batch.split(",") if c], tuple(args.layouts.split(",")), args.prior_dir)
     print(table(folder))
     return 0
 
