@@ -68,9 +68,10 @@ def run_missing(folder: Path, models: list[str], topologies: list[str], searches
         for layout in layouts:
             out = folder / f"{model}_{topology}_max_{layout}.json"
             # An earlier search's memory aims the first compiles: 2-4 instead of 6-8, tens of minutes each.
-            priors = [prior_dir / out.name] if prior_dir else []
-            priors = [p for p in [*priors, folder / f"{model}_{TOPOLOGIES[0]}_max_{layout}.json"] if _aims(p, out)]
-            _run(command(model, topology, out, layout, priors[0] if priors else None), out)
+            candidates = [prior_dir / out.name] if prior_dir else []
+            candidates.append(folder / f"{model}_{TOPOLOGIES[0]}_max_{layout}.json")
+            prior = next((p for p in candidates if _aims(p, out)), None)
+            _run(command(model, topology, out, layout, prior), out)
 
 
 def table(folder: Path) -> str:
