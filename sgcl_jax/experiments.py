@@ -31,8 +31,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "The base config: a sh
 _WORKDIR = flags.DEFINE_string("workdir", None, "Each variant trains in <workdir>/<variant>/seed_<s>.",
                                flag_values=FLAGS)
 _SEEDS = flags.DEFINE_list("seeds", None, "Seeds, e.g. 1,2,3 (default: the config's seed).", flag_values=FLAGS)
-_ONLY = flags.DEFINE_list("only", None, "Variant names to run, in order; the first is the reference.",
-                          flag_values=FLAGS)
+_ONLY = flags.DEFINE_list("only", None, "Variant names to train, in order (default: all); the table still shows "
+                          "every variant with a finished seed.", flag_values=FLAGS)
 _VARIANT = flags.DEFINE_multi_string("variant", [], "A variant of your own: 'name:key=value[,key=value]', e.g. "
                                      "'tau-0.05:objective.tau=0.05'.", flag_values=FLAGS)
 _NLI = flags.DEFINE_string("nli_file", None, "The NLI training text (domain, transfer); default: $SGCL_NLI_TEXT, "
@@ -55,13 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
         base = Config.from_dict(_CONFIG.value)
         found = list(study.variants(rest[0], _NLI.value)) + [study.parse_variant(v) for v in _VARIANT.value]
-        if _ONLY.value:
-            found = study.select(found, _ONLY.value)
         try:
             seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [base.seed]
         except ValueError:
             raise ValueError(f"--seeds {','.join(_SEEDS.value)}: expected integers, e.g. 1,2,3") from None
-        study.run_experiment(rest[0], base, found, _WORKDIR.value, seeds, train=not _REPORT.value)
+        train = False if _REPORT.value else _ONLY.value or True
+        study.run_experiment(rest[0], base, found, _WORKDIR.value, seeds, train=train)
 
     return cli.guarded(body, _VERBOSE.value)
 

@@ -126,7 +126,7 @@ def parse_variant(spec: str) -> Variant:
 
 
 def select(found: Sequence[Variant], only: Sequence[str]) -> list[Variant]:
-    """The named variants in the order given (the first is the reference); an unknown name is refused."""
+    """The named variants in the order given; an unknown name is refused."""
     by_name = {v.name: v for v in found}
     unknown = [n for n in only if n not in by_name]
     if unknown:
@@ -151,22 +151,23 @@ def variant_configs(base: Config, found: Sequence[Variant], seeds: Sequence[int]
 
 
 def run_experiment(name: str, base: Config, found: Sequence[Variant], workdir: str | Path,
-                   seeds: Sequence[int], train: bool = True) -> dict[str, Any]:
-    """Trains (or resumes, or skips when finished) every variant's seeds, then builds, prints and saves the table.
-    With `train=False`, only reports: the table of the seeds already finished (a variant with none is left out)."""
+                   seeds: Sequence[int], train: bool | Sequence[str] = True) -> dict[str, Any]:
+    """Trains (or resumes, or skips when finished) the variants' seeds, then builds, prints and saves the table.
+    `train`: True trains every variant, a list of names only those (in its order), False none. The table always
+    holds every variant with a finished seed, so training a few never drops the others from <experiment>.{json,md}."""
     workdir = Path(workdir)
-    configs = variant_configs(base, found, seeds)
-    names = [v.name for v in found]
-    if len(set(map(slug, names))) != len(names):
-        raise ValueError(f"variant names must differ: {names}")
+    configs = dict(zip([v.name for v in found], variant_configs(base, found, seeds), strict=True))
+    names = list(configs)
+    if len(names) != len(found) or len(set(map(slug, names))) != len(names):
+        raise ValueError(f"variant names must differ: {[v.name for v in found]}")
+    to_train = found if train is True else select(found, train) if train else []
     summaries = {}
-    for v, cfg in zip(found, configs, strict=True):
-        if train:
-            log.info("experiment %s: variant %s (%s)", name, v.name, v.overrides or "the base config")
-            summaries[v.name] = train_and_evaluate(cfg, workdir / slug(v.name))
-            continue
-        done = {s: r for s in seeds
-                if (r := finished_results(cfg.replace(seed=s, seeds=()), workdir / slug(v.name) / f"seed_{s}"))}
+    for v in to_train:
+        log.info("experiment %s: variant %s (%s)", name, v.name, v.overrides or "the base config")
+        summaries[v.name] = train_and_evaluate(configs[v.name], workdir / slug(v.name))
+    for v in found:
+        done = {s: r for s in seeds if v.name not in summaries and (
+            r := finished_results(configs[v.name].replace(seed=s, seeds=()), workdir / slug(v.name) / f"seed_{s}"))}
         if done:
             summaries[v.name] = summarise_seeds(done)
     found = [v for v in found if v.name in summaries]
@@ -174,7 +175,7 @@ def run_experiment(name: str, base: Config, found: Sequence[Variant], workdir: s
         raise ValueError(f"{workdir}: no finished seed of any variant to report")
     baselines = {}
     if name in ("recipe", "transfer"):
-        baselines = {p: untrained(configs[0], p, workdir) for p in UNTRAINED_POOLINGS}
+        baselines = {p: untrained(configs[names[0]], p, workdir) for p in UNTRAINED_POOLINGS}
     table = build_table(name, found, summaries, baselines)
     write_json(table, workdir / f"{name}.json")
     text = format_study(table)

@@ -78,6 +78,12 @@ def test_what_git_keeps_of_a_study_rebuilds_its_table(tmp_path, repo_root, tiny_
         again = run_experiment("ablation", base, variants, kept, seeds=[1], train=train)
         assert [r["best"] for r in again["rows"]] == [r["best"] for r in table["rows"]]
     assert not list(kept.rglob("checkpoints"))
+    # Training a few variants (--only) trains only those and keeps every finished one in the saved table.
+    more = [*variants, Variant("tau-1", {"objective.tau": 1.0})]
+    again = run_experiment("ablation", base, more, kept, seeds=[1], train=["tau-0.1"])
+    assert [r["name"] for r in again["rows"]] == ["ref", "tau-0.1"] and not (kept / "tau-1").exists()
+    saved = json.loads((kept / "ablation.json").read_text())["rows"]
+    assert saved == json.loads(json.dumps(again["rows"]))
 
 
 def test_unknown_or_invalid_overrides_are_refused_before_anything_runs(tmp_path, repo_root, tiny_config, capsys):
