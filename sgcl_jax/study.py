@@ -165,9 +165,9 @@ def run_experiment(name: str, base: Config, found: Sequence[Variant], workdir: s
     for v in to_train:
         log.info("experiment %s: variant %s (%s)", name, v.name, v.overrides or "the base config")
         summaries[v.name] = train_and_evaluate(configs[v.name], workdir / slug(v.name))
-    for v in found:
-        done = {s: r for s in seeds if v.name not in summaries and (
-            r := finished_results(configs[v.name].replace(seed=s, seeds=()), workdir / slug(v.name) / f"seed_{s}"))}
+    for v in (v for v in found if v.name not in summaries):
+        cfg, folder = configs[v.name], workdir / slug(v.name)
+        done = {s: r for s in seeds if (r := finished_results(cfg.replace(seed=s, seeds=()), folder / f"seed_{s}"))}
         if done:
             summaries[v.name] = summarise_seeds(done)
     found = [v for v in found if v.name in summaries]
