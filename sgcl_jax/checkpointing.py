@@ -42,8 +42,13 @@ def set_aside(path: Path) -> Path:
 def _manager(folder: Path, keep: int, writable: bool, async_save: bool = True) -> ocp.CheckpointManager:
     # A reading manager never saves, so its preservation policy never deletes; Orbax's read_only mode is not
     # used because it warns on every open.
-    options = ocp.CheckpointManagerOptions(preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=writable,
-                                           cleanup_tmp_directories=writable, enable_async_checkpointing=async_save)
+    # Orbax names its cross-process barriers by step alone: the state and best managers saving the same step at
+    # once in a multi-process run would meet at each other's barriers ("Barrier ... is already ongoing", then a
+    # timeout), so each manager's barriers carry its folder's name.
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=writable,
+        cleanup_tmp_directories=writable, enable_async_checkpointing=async_save,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=folder.name))
     for _ in range(0 if writable else 9):  # a writer must not hide a missing folder
         try:
             return ocp.CheckpointManager(folder, options=options)
@@ -106,8 +111,8 @@ def _no_space(e: BaseException) -> bool:
 
 def _peer_lost(e: BaseException) -> bool:
     # jax.distributed's barrier inside Orbax's save fails when another process died or stopped answering.
-    text = str(e)
-    return "heartbeat" in text or "Barrier" in text or "CoordinationService" in text
+    text = str(e).lower()
+    return "heartbeat" in text or "barrier" in text or "coordinationservice" in text
 
 
 class Checkpoints:

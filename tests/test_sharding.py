@@ -64,6 +64,20 @@ def _two_processes(cmd, env, signal_after=None):
 
 
 @pytest.mark.slow
+def test_two_processes_save_state_and_best_at_the_same_step(tmp_path, repo_root, subprocess_env):
+    """The state and best managers of 2 processes saving the same steps concurrently each meet at their own
+    barriers (Orbax keys them by step: without a prefix per manager, one save's barrier met the other's, and the
+    run failed with "Barrier ... is already ongoing", then a timeout, under CI's load)."""
+    procs, outs = _two_processes([sys.executable, str(repo_root / "tests" / "checkpoint_worker.py"),
+                                  str(tmp_path / "run"), "12"], subprocess_env)
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    for i, out in enumerate(outs):
+        assert json.loads(out.strip().splitlines()[-1]) == {"process": i, "latest": 12.0, "best": -12.0,
+                                                             "best_step": 12}
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["11", "12"]
+
+
+@pytest.mark.slow
 def test_two_processes_train_and_resume_bitwise_after_a_preemption(tmp_path, train_cmd, subprocess_env):
     """2 local processes train one run (process 0 alone prints); SIGTERM on both (a pod's preemption notice): both
     save the same step through JAX's preemption sync point, exit 0, and the resumed run ends bitwise where the
