@@ -40,10 +40,7 @@ def _free_port() -> int:
 
 def _two_processes(cmd, env, signal_after=None):
     """Runs `cmd` as processes 0 and 1; with signal_after (a file), SIGTERMs both once it exists (a preemption)."""
-    # Without the suite's persistent compilation cache: one process may load a step the other compiles afresh (a
-    # cache entry written by another test, or a read that fails), and the two then hang in their first collective.
-    env = {k: v for k, v in env.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env = {**env, "JAX_ENABLE_COMPILATION_CACHE": "false", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
+    env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
            "JAX_NUM_PROCESSES": "2"}
     procs = [subprocess.Popen(cmd, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
