@@ -14,14 +14,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 log = logging.getLogger(__name__)
 DATA, MODEL = "data", "model"
+HEARTBEAT_TIMEOUT_S = 100  # JAX's own default
 
 
-def maybe_initialize_distributed(flag: bool | None = None, heartbeat_timeout_s: int = 100) -> None:
+def maybe_initialize_distributed(flag: bool | None = None, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
     """Calls jax.distributed.initialize() for multi-process runs (flag, or JAX's coordinator env variables).
 
     On TPU pods and SLURM/Kubernetes GPU clusters initialize() finds its peers by itself; for local tests
     set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. A process whose heartbeats stop for
-    heartbeat_timeout_s (JAX's default, 100) is declared dead and the run stops at its last checkpoint.
+    heartbeat_timeout_s is declared dead and the run stops at its last checkpoint.
     """
     env = os.environ
     if flag is False:

@@ -28,9 +28,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "The run folder: check
                                "the same folder again resumes the run.", flag_values=FLAGS)
 _DISTRIBUTED = flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: when the "
                                  "JAX_COORDINATOR_ADDRESS variables are set).", flag_values=FLAGS)
-_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds without a process's heartbeat before a multi-"
-                                  "process run declares it dead (JAX's default; raise it on oversubscribed hosts).",
-                                  flag_values=FLAGS, lower_bound=1)
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", sharding.HEARTBEAT_TIMEOUT_S, "Seconds without a process's heartbeat before a multi-process "
+    "run declares it dead (JAX's default; raise it on oversubscribed hosts).", flag_values=FLAGS, lower_bound=1)
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the full traceback of a config, data or run-folder error.",
                              flag_values=FLAGS)
 flags.mark_flags_as_required(["config"], flag_values=FLAGS)
