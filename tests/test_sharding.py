@@ -40,8 +40,7 @@ def _free_port() -> int:
 
 def _two_processes(cmd, env, signal_after=None):
     """Runs `cmd` as processes 0 and 1; with signal_after (a file), SIGTERMs both once it exists (a preemption)."""
-    env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
-           "JAX_NUM_PROCESSES": "2"}
+    env = {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
     procs = [subprocess.Popen(cmd, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     if signal_after is not None:
