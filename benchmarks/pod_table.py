@@ -49,15 +49,17 @@ def _run(cmd: list[str], out: Path) -> None:
 
 
 def _aims(prior: Path, out: Path) -> bool:
-    return prior != out and prior.exists() and "bytes" in json.loads(prior.read_text()).get(
-        "max_batch", {}).get("step", {})  # searches before 2026-12-04 kept no bytes
+    # A line needs two fitting compiles' bytes (searches before 2026-12-04 kept none; one aimed from a prior may
+    # keep one): with fewer the search starts at batch 8, tens of minutes a compile on a 256-chip pod.
+    return prior != out and prior.exists() and len(json.loads(prior.read_text()).get(
+        "max_batch", {}).get("step", {}).get("bytes", {})) >= 2
 
 
 def run_missing(folder: Path, models: list[str], topologies: list[str], searches: list[str],
                 layouts: tuple[str, ...] = tuple(LAYOUTS), prior_dir: Path | None = None) -> None:
     """Compiles every report whose JSON is missing, then the max-batch searches asked for (model:topology), each
     aimed by the same cell's search in prior_dir (an earlier program's table), else by the same model and
-    layout on v5e-8."""
+    layout on v5e-8, else by this cell's search in another layout."""
     folder.mkdir(parents=True, exist_ok=True)
     for model in models:
         for topology in topologies:
@@ -70,6 +72,8 @@ def run_missing(folder: Path, models: list[str], topologies: list[str], searches
             # An earlier search's memory aims the first compiles: 2-4 instead of 6-8, tens of minutes each.
             candidates = [prior_dir / out.name] if prior_dir else []
             candidates.append(folder / f"{model}_{TOPOLOGIES[0]}_max_{layout}.json")
+            # Else this cell's other layouts: another layout's memory line, re-anchored on this search's first fit.
+            candidates += [folder / f"{model}_{topology}_max_{other}.json" for other in layouts if other != layout]
             prior = next((p for p in candidates if _aims(p, out)), None)
             _run(command(model, topology, out, layout, prior), out)
 
