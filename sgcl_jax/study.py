@@ -14,6 +14,7 @@ same command again only completes what is missing, then prints and saves <workdi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -184,10 +185,21 @@ def run_experiment(name: str, base: Config, found: Sequence[Variant], workdir: s
     return table
 
 
+def untrained_file(pooling: str, task_names: Sequence[str]) -> str:
+    """The cache file of one pooling and task set: the recipe (STS) and transfer studies share a workdir, and a
+    file per pooling alone made each measure again and overwrite the other's."""
+    if tuple(task_names) == tasks.STS_TASKS:
+        return f"untrained_{pooling}.json"  # the name studies before the transfer study already hold
+    group = next((a for a, ts in tasks.ALIASES.items() if tuple(task_names) == ts), None)
+    tag = group or hashlib.sha256(",".join(task_names).encode()).hexdigest()[:8]
+    return f"untrained_{pooling}_{tag}.json"
+
+
 def untrained(cfg: Config, pooling: str, workdir: Path) -> dict[str, Any]:
     """The untrained base model under one pooling, on the config's final tasks and STS-B dev (cached in workdir)."""
-    path = workdir / f"untrained_{pooling}.json"
-    wanted = {"model": cfg.model.name, "pooling": pooling, "tasks": list(tasks.expand(cfg.eval.final_tasks)),
+    task_names = tasks.expand(cfg.eval.final_tasks)
+    path = workdir / untrained_file(pooling, task_names)
+    wanted = {"model": cfg.model.name, "pooling": pooling, "tasks": list(task_names),
               "settings": dataclasses.asdict(scoring.Settings.from_config(cfg))}
     wanted = json.loads(json.dumps(wanted))  # as the cache file holds it (tuples as lists)
     if path.is_file():

@@ -198,8 +198,9 @@ def test_the_recipe_config_is_the_studys_pick_and_trains_on_the_tiny_model(tmp_p
 
 def test_untrained_baselines_are_measured_once(tmp_path, tiny_config, monkeypatch):
     """The untrained model's scores (the bar the recipe must clear) are measured, cached in the workdir, and read
-    back without encoding again; a change of tasks measures again."""
+    back without encoding again; a change of tasks measures again, into a cache of its own."""
     cfg = tiny_config()
+    measure = study.evaluators.evaluate
     first = study.untrained(cfg, "mean", tmp_path)
     assert first["pooling"] == "mean" and set(first["tasks_scores"]) == {"STSB"} and first["dev"] is not None
 
@@ -208,5 +209,16 @@ def test_untrained_baselines_are_measured_once(tmp_path, tiny_config, monkeypatc
 
     monkeypatch.setattr(study.evaluators, "evaluate", no_encoding)
     assert study.untrained(cfg, "mean", tmp_path) == first
+    other = cfg.replace(**{"eval.final_tasks": ("STSB", "SICKR")})
     with pytest.raises(AssertionError, match="encoded again"):
-        study.untrained(cfg.replace(**{"eval.final_tasks": ("STSB", "SICKR")}), "mean", tmp_path)
+        study.untrained(other, "mean", tmp_path)
+    # Another task set has a cache of its own (the transfer and recipe studies share a workdir): measuring it
+    # leaves the first one's cache as it was.
+    monkeypatch.setattr(study.evaluators, "evaluate", measure)
+    second = study.untrained(other, "mean", tmp_path)
+    assert set(second["tasks_scores"]) == {"STSB", "SICKR"}
+    monkeypatch.setattr(study.evaluators, "evaluate", no_encoding)
+    assert study.untrained(cfg, "mean", tmp_path) == first
+    assert study.untrained(other, "mean", tmp_path) == second
+    assert study.untrained_file("cls", study.tasks.STS_TASKS) == "untrained_cls.json"
+    assert study.untrained_file("cls", study.tasks.TRANSFER_TASKS) == "untrained_cls_transfer.json"
