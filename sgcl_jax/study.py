@@ -162,11 +162,13 @@ def run_experiment(name: str, base: Config, found: Sequence[Variant], workdir: s
     if len(names) != len(found) or len(set(map(slug, names))) != len(names):
         raise ValueError(f"variant names must differ: {[v.name for v in found]}")
     to_train = found if train is True else select(found, train) if train else []
-    summaries = {}
     for v in to_train:
         log.info("experiment %s: variant %s (%s)", name, v.name, v.overrides or "the base config")
-        summaries[v.name] = train_and_evaluate(configs[v.name], workdir / slug(v.name))
-    for v in (v for v in found if v.name not in summaries):
+        train_and_evaluate(configs[v.name], workdir / slug(v.name))
+    # The table holds the asked seeds of every variant, trained now or before (a variant folder's own summary
+    # covers all its finished seeds, which may be more).
+    summaries = {}
+    for v in found:
         cfg, folder = configs[v.name], workdir / slug(v.name)
         done = {s: r for s in seeds if (r := finished_results(cfg.replace(seed=s, seeds=()), folder / f"seed_{s}"))}
         if done:

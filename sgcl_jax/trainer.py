@@ -345,6 +345,24 @@ def finished_results(cfg: Config, workdir: Path) -> dict[str, Any] | None:
     return results
 
 
+def finished_seeds(cfg: Config, workdir: Path) -> dict[int, dict[str, Any]]:
+    """The results of every finished seed_<s> folder in workdir that holds this config's run; folders of
+    another config are left out (with a warning), not refused: nobody asked for them."""
+    found = {}
+    for sub in workdir.glob("seed_*"):
+        if not (sub.name[5:].isdigit() and sub.is_dir()):
+            continue
+        seed = int(sub.name[5:])
+        try:
+            done = finished_results(cfg.replace(seed=seed, seeds=()), sub)
+        except runs.RunError as e:
+            log.warning("left out of the summary: %s", e)
+            continue
+        if done is not None:
+            found[seed] = done
+    return found
+
+
 def train_and_evaluate(config: Config | Mapping[str, Any], workdir: str | Path) -> dict[str, Any]:
     """Runs every configured seed (config.seeds, else config.seed) and returns the results (mean +- std)."""
     cfg = Config.from_dict(config)  # checked whole: the flag parser sets fields one by one, unchecked
@@ -364,11 +382,14 @@ def train_and_evaluate(config: Config | Mapping[str, Any], workdir: str | Path) 
         if done is not None and cfg.eval.also_last and "last" not in done:
             done = add_last(done, sub, seed_cfg)
         per_seed[seed] = done or train_one(seed_cfg, sub)
+    # The folder's summary covers every finished seed of this config, so a call for one more seed (--seeds 3)
+    # does not overwrite the summary of seeds 1-2 with seed 3 alone.
+    per_seed = dict(sorted({**finished_seeds(cfg, workdir), **per_seed}.items()))
     summary = summarise_seeds(per_seed)
     if jax.process_index() == 0:
-        write_json(cfg.to_dict(), workdir / runs.CONFIG)
+        write_json(cfg.replace(seeds=tuple(per_seed)).to_dict(), workdir / runs.CONFIG)
         write_json(summary, workdir / runs.RESULTS)
-        print(scoring.format_table(summary, f"{len(cfg.seeds)} seeds, best-on-dev checkpoints: mean +- std"))
+        print(scoring.format_table(summary, f"{len(per_seed)} seeds, best-on-dev checkpoints: mean +- std"))
         if "last" in summary:
             print(scoring.format_table({**summary, **summary["last"]}, "the same seeds, last checkpoints"))
     return summary

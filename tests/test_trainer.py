@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,6 +293,13 @@ def test_multi_seed_summary(tmp_path, tiny_config):
     last = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text())["last"]["average"]["score"]
             for s in (1, 2)]
     assert res["last"]["average"]["score"] == pytest.approx(np.mean(last))
+    # A call for one of the seeds keeps the folder's summary over every finished seed; a seed folder of another
+    # run (seed 1's, copied to seed_9) is left out of it, not refused.
+    shutil.copytree(tmp_path / "seed_1", tmp_path / "seed_9")
+    one = train_and_evaluate(tiny_config(**{**overrides, "seeds": (2,)}), tmp_path)
+    assert one["tasks"]["STSB"]["per_seed"] == {"1": per[0], "2": per[1]} and one["tasks"] == res["tasks"]
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [1, 2]
+    assert json.loads((tmp_path / "results.json").read_text())["protocol"]["seeds"] == [1, 2]
     fake = {s: {"protocol": {}, "tasks": {"A": {"score": v, "n": 3}},
                 "average": {"score": v, "tasks": ["A"], "complete": True, "of": 1}}
             for s, v in [(1, 70.0), (2, 72.0), (3, 77.0)]}
