@@ -49,8 +49,9 @@ def _run(cmd: list[str], out: Path) -> None:
 
 
 def _aims(prior: Path, out: Path) -> bool:
-    # A line needs two fitting compiles' bytes (searches before 2026-12-04 kept none; one aimed from a prior may
-    # keep one): with fewer the search starts at batch 8, tens of minutes a compile on a 256-chip pod.
+    # pod.can_aim's rule, restated so that this parent does not import JAX (its children's compiles need the
+    # host's memory): a line needs two fitting compiles' bytes (searches before 2026-12-04 kept none; one aimed
+    # from a prior may keep one); with fewer the search starts at batch 8, tens of minutes a compile on a pod.
     return prior != out and prior.exists() and len(json.loads(prior.read_text()).get(
         "max_batch", {}).get("step", {}).get("bytes", {})) >= 2
 

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 from sgcl_jax import cli, pod, topologies
 from sgcl_jax.config import Config
-from sgcl_jax.files import read_json, write_json
+from sgcl_jax.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -90,23 +90,12 @@ def search(cfg: Config, target: topologies.Target, slices: int, whats: str) -> d
                      ", ".join(f"{b}: {'fits' if ok else 'no'}" for b, (ok, _) in sorted(known.items())))
         fits = functools.partial(pod.fits, compile_log=compile_log) if compile_log else pod.fits
         found[what] = pod.max_batch(cfg, devices, what, resolution=_RESOLUTION.value, fits_fn=fits, known=known,
-                                    prior=_prior(_PRIOR.value, what))
+                                    prior=pod.read_prior(_PRIOR.value, what))
         died = sorted(b for k, (b, w, _) in compile_log.died.items()
                       if w == what and compile_log.killed(k) and str(b) in found[what]["tried"]) if compile_log else []
         if died:
             found[what]["process_killed_while_compiling"] = died
     return found
-
-
-def _prior(path: str | None, what: str) -> dict[int, float] | None:
-    """batch -> bytes per device of the fitting compiles in an earlier search's JSON report."""
-    if not path:
-        return None
-    try:
-        found = read_json(path)["max_batch"][what]
-        return {int(b): float(m) for b, m in found["bytes"].items() if m}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--max-batch-prior {path}: not a --max-batch report with a {what!r} search ({e})") from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:

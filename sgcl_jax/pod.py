@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sgcl_jax import sharding
 from sgcl_jax.encoder import embed_fn
+from sgcl_jax.files import read_json
 from sgcl_jax.hlo_analysis import collectives, cost, memory, roofline, summarise_collectives, tree_bytes
 from sgcl_jax.model import ModelSpec, guide_architecture, step_flops
 from sgcl_jax.pretrained import abstract_params
@@ -302,6 +305,22 @@ def _fits_hbm(lowered: Any, devices: list[Any]) -> tuple[bool, float | None, dic
                                                                     if k.endswith("_bytes")}}
 
 
+def read_prior(path: str | Path | None, what: str = "step") -> dict[int, float] | None:
+    """batch -> bytes per device of the fitting compiles in an earlier --max-batch search's JSON report."""
+    if not path:
+        return None
+    try:
+        found = read_json(path)["max_batch"][what]
+        return {int(b): float(m) for b, m in found["bytes"].items() if m}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--max-batch-prior {path}: not a --max-batch report with a {what!r} search ({e})") from e
+
+
+def can_aim(points: Mapping[int, float] | None) -> bool:
+    """Whether fitting compiles' bytes (a prior's, or a search's own) can aim the next compile: a line needs two."""
+    return len(points or {}) >= 2
+
+
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
               resolution: int = 32, fits_fn: Any = fits,
               known: dict[int, tuple[bool, float | None]] | None = None,
@@ -335,8 +354,8 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
         """Where the line through the two largest fitting compiles meets HBM, a little below (the prior's line,
         through this target's one compile if it has one, while it has fewer than two)."""
         measured = sorted((b, m) for b, (ok, m) in tried.items() if ok and m is not None)
-        line = measured if len(measured) >= 2 else sorted((prior or {}).items())
-        if len(line) < 2:
+        line = measured if can_aim(dict(measured)) else sorted((prior or {}).items())
+        if not can_aim(dict(line)):
             return None
         slopes = [(m2 - m1) / (b2 - b1) for (b1, m1), (b2, m2) in zip(line, line[1:], strict=False)]
         # Near HBM the compiler rematerialises and memory flattens (bert-large on v5e: 14.33 GiB at 72 a device,

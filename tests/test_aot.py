@@ -287,19 +287,18 @@ def test_fsdp_splits_the_largest_divisible_axis():
 
 
 def test_a_prior_is_read_from_a_search_report(tmp_path):
-    from sgcl_jax import aot
-
     good, old, bad = tmp_path / "good.json", tmp_path / "old.json", tmp_path / "bad.json"
     step = {"max_per_device_batch": 16, "tried": {"8": True, "16": True, "32": False}}
     good.write_text(json.dumps({"max_batch": {"step": {**step, "bytes": {"8": 2.0e9, "16": 3.0e9}}}}))
     old.write_text(json.dumps({"max_batch": {"step": step}}))  # a search from before bytes were kept
     bad.write_text("{")
-    assert aot._prior(str(good), "step") == {8: 2.0e9, 16: 3.0e9} and aot._prior(None, "step") is None
+    assert pod.read_prior(str(good), "step") == {8: 2.0e9, 16: 3.0e9} and pod.read_prior(None, "step") is None
+    assert pod.can_aim(pod.read_prior(good)) and not pod.can_aim({8: 2.0e9}) and not pod.can_aim(None)
     for path in (old, bad):
         with pytest.raises(ValueError, match=str(path)):
-            aot._prior(str(path), "step")
+            pod.read_prior(str(path), "step")
     with pytest.raises(ValueError, match="'encoder'"):
-        aot._prior(str(good), "encoder")
+        pod.read_prior(str(good), "encoder")
 
 
 def test_a_shape_both_a_weights_and_the_global_batchs_is_not_guessed():
