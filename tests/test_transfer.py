@@ -248,3 +248,18 @@ def test_cli_scores_transfer_tasks_and_reports_missing(senteval_dir, tmp_path, c
     rc = evaluate.main(["--model", "minilm", "--tasks", "MR,TREC", "--senteval-dir", str(tmp_path / "empty"),
                         "--kfold", "2"])
     assert rc == 1 and "missing" in capsys.readouterr().out
+
+
+def test_a_sentences_vector_does_not_depend_on_the_sentences_encoded_with_it(tiny):
+    # Transfer features are encoded once for all tasks asked: SST2's vectors alone and among the seven tasks'
+    # sentences must be the same bits (they differed in the last bits and flipped SST2's dev choice of C).
+    from sgcl_jax.encoder import SentenceEncoder
+
+    rng = np.random.default_rng(0)
+    words = ["movie", "good", "a", "plot", "the", "was", "not", "very", "actors", "long", "and", "of"]
+    sentences = [" ".join(rng.choice(words, rng.integers(1, 60))) for _ in range(200)]
+    ask, others = sentences[:100], sentences[100:]
+    enc = SentenceEncoder(tiny.config, tiny.params, tiny.tokenizer, 128, pooling="cls")
+    alone = enc.encode(ask, batch_size=16)
+    among = enc.encode(others[:50] + ask + others[50:], batch_size=16)[50:150]
+    np.testing.assert_array_equal(alone, among)
