@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +47,8 @@ def _run(cmd: list[str], out: Path) -> None:
     # tens of minutes.
     r = subprocess.run(cmd)
     print(f"{time.time() - t0:7.0f} s  exit {r.returncode}  {' '.join(cmd[1:])}", flush=True)
+    if r.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT):  # the search was stopped: so is the table
+        sys.exit(r.returncode)
 
 
 def _aims(prior: Path, out: Path) -> bool:

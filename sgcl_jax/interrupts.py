@@ -40,7 +40,9 @@ class Interrupts:
     """A context manager: while inside, SIGTERM and SIGINT are remembered instead of killing the process; a second
     Ctrl-C raises KeyboardInterrupt at once (for a run stuck in a compile or an evaluation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, notice: str = "stopping at the next step boundary after saving a checkpoint (Ctrl-C again to "
+                 "stop at once)") -> None:
+        self.notice = notice  # what the holder does on the signal, logged when it arrives
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -63,8 +65,7 @@ class Interrupts:
         if self.received == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = name
-        log.warning("%s received: stopping at the next step boundary after saving a checkpoint (Ctrl-C again to "
-                    "stop at once)", name)
+        log.warning("%s received: %s", name, self.notice)
 
     def reached(self, step: int) -> str | None:
         """The signal to stop on at this step boundary, the same on every process; None to go on."""

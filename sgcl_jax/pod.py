@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from sgcl_jax import sharding
 from sgcl_jax.encoder import embed_fn
 from sgcl_jax.files import read_json
 from sgcl_jax.hlo_analysis import collectives, cost, memory, roofline, summarise_collectives, tree_bytes
+from sgcl_jax.interrupts import Interrupts
 from sgcl_jax.model import ModelSpec, guide_architecture, step_flops
 from sgcl_jax.pretrained import abstract_params
 from sgcl_jax.topologies import Target, chip_of, topology_devices, versions
@@ -209,7 +212,8 @@ class CompileLog:
     is compiled again. Each compile is logged as started first: one that never answered was killed, either
     with its search (a session's end) or by its own size (the host ran out of memory: bert-large near its HBM
     limit takes over 21 GB to compile). The two look alike, so a compile is tried once more after one death
-    and counted as not fitting after two. A line torn by a kill is skipped."""
+    and counted as not fitting after two. A compile stopped by SIGTERM or Ctrl-C logs itself as interrupted,
+    which is no death: only SIGKILL and the out-of-memory killer count. A line torn by a kill is skipped."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = path
@@ -226,14 +230,14 @@ class CompileLog:
                 row = json.loads(line)
                 key, batch, what = str(row["key"]), int(row["batch"]), str(row.get("what", "step"))
                 self.batches.setdefault(what, set()).add(batch)
-                if row.get("started"):
-                    started[key] = batch, what, started.get(key, (0, "", 0))[2] + 1
+                if row.get("started") or row.get("interrupted"):
+                    started[key] = batch, what, started.get(key, (0, "", 0))[2] + (-1 if row.get("interrupted") else 1)
                 else:
                     self.answers[key] = (bool(row["fits"]), row["bytes"])
             except (ValueError, KeyError, TypeError):
                 continue
         # key -> (batch, what, deaths): compiles started that never answered
-        self.died = {k: v for k, v in started.items() if k not in self.answers}
+        self.died = {k: v for k, v in started.items() if k not in self.answers and v[2] > 0}
 
     def killed(self, key: str) -> bool:
         """Whether this program's compile died twice: counted as not fitting, and not tried again."""
@@ -249,6 +253,10 @@ class CompileLog:
     def start(self, key: str, batch: int, what: str) -> None:
         """Logs a compile as started (a process killed while compiling leaves this line alone)."""
         self._append({"key": key, "batch": batch, "what": what, "started": True})
+
+    def interrupted(self, key: str, batch: int, what: str, signame: str) -> None:
+        """Logs a started compile as stopped on purpose (SIGTERM, Ctrl-C): compiled again on resume, no death."""
+        self._append({"key": key, "batch": batch, "what": what, "interrupted": signame})
 
     def add(self, key: str, batch: int, what: str, ok: bool, mem: float | None, seconds: float | None = None,
             detail: dict[str, Any] | None = None) -> None:
@@ -288,10 +296,37 @@ def fits(cfg: Any, devices: list[Any], per_device_batch: int, what: str = "step"
         return None
     compile_log.start(key, per_device_batch, what)
     t0 = time.monotonic()
-    ok, mem, detail = _fits_hbm(lowered, devices)
+    ok, mem, detail = _compile_or_interrupt(lambda: _fits_hbm(lowered, devices),
+                                            lambda sig: compile_log.interrupted(key, per_device_batch, what, sig))
     # The seconds plan the next search: a compile near HBM takes tens of minutes on a 2-core host.
     compile_log.add(key, per_device_batch, what, ok, mem, round(time.monotonic() - t0, 1), detail)
     return ok, mem
+
+
+def _compile_or_interrupt(compile_fn: Callable[[], Any], on_signal: Callable[[str], None]) -> Any:
+    """compile_fn's answer; on SIGTERM or Ctrl-C, on_signal(name) and exit at once (status 128 + signal). The
+    compile runs in a thread because a Python signal handler waits for a C++ compile to return (tens of minutes);
+    a stopped compile has nothing to save, so the process leaves without waiting for it."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["answer"] = compile_fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="compile", daemon=True)
+    with Interrupts("the compile is stopped and logged as interrupted (compiled again on resume)") as signals:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+            if signals.received:
+                on_signal(signals.received)
+                logging.shutdown()
+                os._exit(128 + signal.Signals[signals.received].value)
+    if "error" in box:
+        raise box["error"]
+    return box["answer"]
 
 
 def _fits_hbm(lowered: Any, devices: list[Any]) -> tuple[bool, float | None, dict[str, Any]]:

@@ -344,3 +344,40 @@ def test_the_compilers_out_of_memory_sentence_is_cut_where_it_ends():
                                    "(19.70G) exceeds available HBM (15.75G).")
     used = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 20.5G of 15.75G hbm. Exceeded hbm.\nx"
     assert pod.hbm_line(used) == used.splitlines()[0]
+
+
+def test_a_compile_stopped_by_sigterm_is_logged_as_interrupted_not_as_a_death(tmp_path, subprocess_env):
+    # A session's end or Ctrl-C stops a search midway through a compile of tens of minutes: the compile must not
+    # count toward the two deaths that mark a batch as not fitting (only SIGKILL and the OOM killer do).
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "search.compiles.jsonl"
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from sgcl_jax import pod
+log = pod.CompileLog({str(path)!r})
+log.start("k", 64, "step")
+pod._compile_or_interrupt(lambda: time.sleep(600), lambda sig: log.interrupted("k", 64, "step", sig))
+"""], env=subprocess_env)
+    deadline = time.monotonic() + 120
+    while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the wait for the compile thread
+    t0 = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 128 + signal.SIGTERM and time.monotonic() - t0 < 30  # not after the "compile"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"key": "k", "batch": 64, "what": "step", "started": True},
+                    {"key": "k", "batch": 64, "what": "step", "interrupted": "SIGTERM"}]
+    resumed = pod.CompileLog(path)
+    assert resumed.died == {} and not resumed.killed("k") and resumed.batches["step"] == {64}
+    resumed.start("k", 64, "step")  # then killed for real, twice: not fitting, as before
+    resumed.start("k", 64, "step")
+    assert pod.CompileLog(path).killed("k")
+    # A compile that answers returns its answer, and one that raises raises in the caller.
+    assert pod._compile_or_interrupt(lambda: (True, 1.0, {}), lambda sig: None) == (True, 1.0, {})
+    with pytest.raises(pod.DoesNotFit, match="hbm"):
+        pod._compile_or_interrupt(lambda: (_ for _ in ()).throw(pod.DoesNotFit("Used 99G of 16G hbm")), print)
