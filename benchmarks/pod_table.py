@@ -45,10 +45,16 @@ def _run(cmd: list[str], out: Path) -> None:
     print(f"started {' '.join(cmd[1:])}", flush=True)
     # The command's own log (each compile of a max-batch search, "fits" or not) goes through: a search runs for
     # tens of minutes.
-    r = subprocess.run(cmd)
-    print(f"{time.time() - t0:7.0f} s  exit {r.returncode}  {' '.join(cmd[1:])}", flush=True)
-    if r.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT):  # the search was stopped: so is the table
-        sys.exit(r.returncode)
+    child = subprocess.Popen(cmd)
+    # SIGTERM to this parent stops the search too (it logs its compile as interrupted), not only the parent.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    try:
+        returncode = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"{time.time() - t0:7.0f} s  exit {returncode}  {' '.join(cmd[1:])}", flush=True)
+    if returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT):  # the search was stopped: so is the table
+        sys.exit(returncode)
 
 
 def _aims(prior: Path, out: Path) -> bool:
