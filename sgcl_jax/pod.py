@@ -17,7 +17,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -230,8 +230,10 @@ class CompileLog:
                 row = json.loads(line)
                 key, batch, what = str(row["key"]), int(row["batch"]), str(row.get("what", "step"))
                 self.batches.setdefault(what, set()).add(batch)
-                if row.get("started") or row.get("interrupted"):
-                    started[key] = batch, what, started.get(key, (0, "", 0))[2] + (-1 if row.get("interrupted") else 1)
+                # A start counts toward a death until it answers; a stop on purpose (interrupted) takes it back.
+                delta = 1 if row.get("started") else -1 if row.get("interrupted") else 0
+                if delta:
+                    started[key] = batch, what, started.get(key, (0, "", 0))[2] + delta
                 else:
                     self.answers[key] = (bool(row["fits"]), row["bytes"])
             except (ValueError, KeyError, TypeError):
@@ -351,9 +353,9 @@ def read_prior(path: str | Path | None, what: str = "step") -> dict[int, float] 
         raise ValueError(f"--max-batch-prior {path}: not a --max-batch report with a {what!r} search ({e})") from e
 
 
-def can_aim(points: Mapping[int, float] | None) -> bool:
+def can_aim(points: Collection[Any] | None) -> bool:
     """Whether fitting compiles' bytes (a prior's, or a search's own) can aim the next compile: a line needs two."""
-    return len(points or {}) >= 2
+    return len(points or ()) >= 2
 
 
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
@@ -389,8 +391,8 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
         """Where the line through the two largest fitting compiles meets HBM, a little below (the prior's line,
         through this target's one compile if it has one, while it has fewer than two)."""
         measured = sorted((b, m) for b, (ok, m) in tried.items() if ok and m is not None)
-        line = measured if can_aim(dict(measured)) else sorted((prior or {}).items())
-        if not can_aim(dict(line)):
+        line = measured if can_aim(measured) else sorted((prior or {}).items())
+        if not can_aim(line):
             return None
         slopes = [(m2 - m1) / (b2 - b1) for (b1, m1), (b2, m2) in zip(line, line[1:], strict=False)]
         # Near HBM the compiler rematerialises and memory flattens (bert-large on v5e: 14.33 GiB at 72 a device,

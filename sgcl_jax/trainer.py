@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -345,12 +345,13 @@ def finished_results(cfg: Config, workdir: Path) -> dict[str, Any] | None:
     return results
 
 
-def finished_seeds(cfg: Config, workdir: Path) -> dict[int, dict[str, Any]]:
-    """The results of every finished seed_<s> folder in workdir that holds this config's run; folders of
-    another config are left out (with a warning), not refused: nobody asked for them."""
+def finished_seeds(cfg: Config, workdir: Path, skip: Collection[int] = ()) -> dict[int, dict[str, Any]]:
+    """The results of every finished seed_<s> folder in workdir (but the seeds in `skip`, already read) that
+    holds this config's run; folders of another config are left out (with a warning), not refused: nobody
+    asked for them."""
     found = {}
     for sub in workdir.glob("seed_*"):
-        if not (sub.name[5:].isdigit() and sub.is_dir()):
+        if not (sub.name[5:].isdigit() and sub.is_dir()) or int(sub.name[5:]) in skip:
             continue
         seed = int(sub.name[5:])
         try:
@@ -384,7 +385,7 @@ def train_and_evaluate(config: Config | Mapping[str, Any], workdir: str | Path) 
         per_seed[seed] = done or train_one(seed_cfg, sub)
     # The folder's summary covers every finished seed of this config, so a call for one more seed (--seeds 3)
     # does not overwrite the summary of seeds 1-2 with seed 3 alone.
-    per_seed = dict(sorted({**finished_seeds(cfg, workdir), **per_seed}.items()))
+    per_seed = dict(sorted({**per_seed, **finished_seeds(cfg, workdir, skip=per_seed)}.items()))
     summary = summarise_seeds(per_seed)
     if jax.process_index() == 0:
         write_json(cfg.replace(seeds=tuple(per_seed)).to_dict(), workdir / runs.CONFIG)
