@@ -351,9 +351,11 @@ def finished_seeds(cfg: Config, workdir: Path, skip: Collection[int] = ()) -> di
     asked for them."""
     found = {}
     for sub in workdir.glob("seed_*"):
-        if not (sub.name[5:].isdigit() and sub.is_dir()) or int(sub.name[5:]) in skip:
+        if not (sub.name[5:].isdigit() and sub.is_dir()):
             continue
         seed = int(sub.name[5:])
+        if seed in skip:
+            continue
         try:
             done = finished_results(cfg.replace(seed=seed, seeds=()), sub)
         except runs.RunError as e:
