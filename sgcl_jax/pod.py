@@ -358,6 +358,11 @@ def can_aim(points: Collection[Any] | None) -> bool:
     return len(points or ()) >= 2
 
 
+def _slopes(points: list[tuple[int, float]]) -> list[float]:
+    """Bytes per device a sentence between consecutive (batch, bytes) points."""
+    return [(m2 - m1) / (b2 - b1) for (b1, m1), (b2, m2) in zip(points, points[1:], strict=False)]
+
+
 def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, limit: int = 1 << 17,
               resolution: int = 32, fits_fn: Any = fits,
               known: dict[int, tuple[bool, float | None]] | None = None,
@@ -394,12 +399,18 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
         line = measured if can_aim(measured) else sorted((prior or {}).items())
         if not can_aim(line):
             return None
-        slopes = [(m2 - m1) / (b2 - b1) for (b1, m1), (b2, m2) in zip(line, line[1:], strict=False)]
+        slopes = _slopes(line)
+        b2, m2 = (measured or line)[-1]
+        if max(slopes) <= 0:
+            # Memory fell from one fitting compile to the next (the compiler laid the larger batch out tighter:
+            # bert-large on v6e-256 with FSDP, 28.97 GiB at 307 a device, 28.72 at 345), so this line does not
+            # point at the limit: the prior's line does, else the mean bytes a sentence (over the marginal cost
+            # while the weights are a fixed part, so it aims short of the limit, never past it).
+            slopes = [s for s in _slopes(sorted((prior or {}).items())) if s > 0] or [m2 / b2]
         # Near HBM the compiler rematerialises and memory flattens (bert-large on v5e: 14.33 GiB at 72 a device,
         # 14.34 at 81): a flat last slope would aim far past the limit, so it is held to an eighth of the steepest
         # (memory that merely grows sublinearly, as for MiniLM, stays above that).
         slope = max(slopes[-1], max(slopes) / 8, 1.0)
-        b2, m2 = (measured or line)[-1]
         # The first compile aimed by another target's memory alone stays an eighth below (a step compiled for more
         # chips, or for another chip, needs a little more or less): it fits, and the next aims from it.
         b = int((b2 + (hbm - m2) / slope) * (1 - (0.5 / resolution if measured else 1 / 8)))

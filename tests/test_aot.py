@@ -210,6 +210,26 @@ def test_max_batch_search_finds_the_boundary():
         best, bad = found["max_per_device_batch"], found["first_failing"]
         assert best <= limit_batch < bad <= best + max(1, best // 8) and found["compiles"] <= 9, found
 
+    # Memory that falls from one fitting compile to the next (bert-large on v6e-256 with FSDP: 28.97 GiB at 307 a
+    # device, 28.72 at 345) gives no line to the limit: the search aims by the prior's line, or by the mean bytes
+    # a sentence without one, and never jumps to the search's own limit (the line's floor of a byte a sentence
+    # once aimed at 131,072 and compiled 10 refusals down from there).
+    for limit_batch in (40, 400):
+        def dips(cfg, devs, b, what, limit_batch=limit_batch):
+            mem = (2 + 12 * (8 if b == 16 else b) / limit_batch - (0.25 if b == 16 else 0)) * 2**30
+            return b <= limit_batch, (mem if b <= limit_batch else None)
+
+        calls = []
+        # the prior: the same step on another target, 3 % more memory a sentence
+        for prior in (None, {b: 1.03 * dips(None, None, b, "")[1] for b in (limit_batch // 4, limit_batch // 2)}):
+            calls.clear()
+            found = pod.max_batch(None, devices, "step", start=8, resolution=8, prior=prior,
+                                  fits_fn=lambda *a, calls=calls: calls.append(a[2]) or dips(*a),
+                                  known={8: dips(None, None, 8, ""), 16: dips(None, None, 16, "")})
+            best, bad = found["max_per_device_batch"], found["first_failing"]
+            assert best <= limit_batch < bad <= best + max(1, best // 8), (prior, found)
+            assert max(calls) <= 4 * limit_batch and len(calls) <= 6, (prior, calls)
+
 
 def test_the_compile_log_answers_a_program_compiled_before(tiny_config, tmp_path, monkeypatch):
     cfg = tiny_config()
