@@ -394,9 +394,10 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
 
     def aim(lo: int) -> int | None:
         """Where the line through the two largest fitting compiles meets HBM, a little below (the prior's line,
-        through this target's one compile if it has one, while it has fewer than two)."""
+        through this target's one compile if it has one, while it has fewer than two or its own does not rise)."""
         measured = sorted((b, m) for b, (ok, m) in tried.items() if ok and m is not None)
-        line = measured if can_aim(measured) else sorted((prior or {}).items())
+        prior_line = sorted((prior or {}).items())
+        line = measured if can_aim(measured) else prior_line
         if not can_aim(line):
             return None
         slopes = _slopes(line)
@@ -406,7 +407,7 @@ def max_batch(cfg: Any, devices: list[Any], what: str = "step", start: int = 8, 
             # bert-large on v6e-256 with FSDP, 28.97 GiB at 307 a device, 28.72 at 345), so this line does not
             # point at the limit: the prior's line does, else the mean bytes a sentence (over the marginal cost
             # while the weights are a fixed part, so it aims short of the limit, never past it).
-            slopes = [s for s in _slopes(sorted((prior or {}).items())) if s > 0] or [m2 / b2]
+            slopes = [s for s in _slopes(prior_line) if s > 0] or [m2 / b2]
         # Near HBM the compiler rematerialises and memory flattens (bert-large on v5e: 14.33 GiB at 72 a device,
         # 14.34 at 81): a flat last slope would aim far past the limit, so it is held to an eighth of the steepest
         # (memory that merely grows sublinearly, as for MiniLM, stays above that).

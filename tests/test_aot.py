@@ -213,7 +213,7 @@ def test_max_batch_search_finds_the_boundary():
     # Memory that falls from one fitting compile to the next (bert-large on v6e-256 with FSDP: 28.97 GiB at 307 a
     # device, 28.72 at 345) gives no line to the limit: the search aims by the prior's line, or by the mean bytes
     # a sentence without one, and never jumps to the search's own limit (the line's floor of a byte a sentence
-    # once aimed at 131,072 and compiled 10 refusals down from there).
+    # once aimed at 131,072 and compiled refusals down from there).
     for limit_batch in (40, 400):
         def dips(cfg, devs, b, what, limit_batch=limit_batch):
             mem = (2 + 12 * (8 if b == 16 else b) / limit_batch - (0.25 if b == 16 else 0)) * 2**30
